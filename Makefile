@@ -1,0 +1,75 @@
+# RepoLens developer commands. `make run` and `make test` need only Python 3.11+ and git.
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+PROTO_FILES := $(shell find protos -name '*.proto')
+
+.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --quiet
+	touch $@
+
+gen/.generated: $(VENV)/.synced $(PROTO_FILES)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -I protos \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen \
+		$(PROTO_FILES)
+	touch $@
+
+## install: create .venv from the lock file and generate the protobuf code
+install: gen/.generated
+
+## protos: regenerate the protobuf and gRPC code under gen/
+protos:
+	rm -f gen/.generated
+	$(MAKE) gen/.generated
+
+## run: start PostgreSQL, NATS, the services and the gateway on http://127.0.0.1:8000
+run: install
+	$(PY) -m libs.devstack run
+
+## test: the whole suite (unit, integration, e2e) with coverage
+test: install
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit --no-cov
+
+test-integration: install
+	$(PY) -m pytest tests/integration --no-cov
+
+test-e2e: install
+	$(PY) -m pytest tests/e2e --no-cov
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/buf lint protos
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+## errors-doc: regenerate API_ERRORS.md from the error registry
+errors-doc: install
+	$(PY) -m libs.common.errors > API_ERRORS.md
+
+bench: install
+	$(PY) bench/auth_me.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) gen .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -1,0 +1,34 @@
+"""`python -m gateway`: serve the public HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from gateway.app import create_app
+from libs.common.config import GatewaySettings
+from libs.common.logging import configure_logging
+
+
+def main() -> int:
+    settings = GatewaySettings()
+    configure_logging(settings, service="gateway")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The FastAPI application: the only public HTTP surface, forwarding to the services over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI
+from nats.aio.client import Client as NatsClient
+
+from gateway.deps import Backends
+from gateway.errors import install_error_handlers
+from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from gateway.routes import auth, health, tenants
+from libs.common.config import GatewaySettings
+from libs.common.events import connect_nats, ensure_streams
+from libs.common.grpc_client import open_channel
+from libs.common.jwks import grpc_jwks_fetcher
+from libs.common.revocation import RevocationFeed, RevocationList
+from libs.common.tokens import TokenVerifier
+from repolens.auth.v1 import auth_pb2_grpc
+from repolens.tenants.v1 import tenants_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """
+RepoLens analyses source-code repositories for organisations.
+
+**Authentication.** Register, then log in to get an access token (15 minutes) and a refresh token.
+Send `Authorization: Bearer <access_token>`; the token carries your current tenant and role.
+Refresh with `POST /api/v2/auth/refresh`; a refresh token works once.
+
+**Errors.** Every error has the shape `{"error": {"code", "message", "request_id", "details"}}`;
+the codes are listed in API_ERRORS.md. Send `X-Request-ID` to correlate logs; it is echoed back.
+
+**Lists** take `?limit=` (at most 100) and `?cursor=` and answer `{"items": [...], "next_cursor": ...}`.
+"""
+
+
+async def _follow_revocations(settings: GatewaySettings, revocations: RevocationList) -> None:
+    """Connects to NATS in the background: the gateway serves while NATS is still coming up."""
+    nc: NatsClient | None = None
+    feed: RevocationFeed | None = None
+    try:
+        while feed is None:
+            try:
+                nc = await connect_nats(settings, name="gateway")
+                js = nc.jetstream(timeout=settings.nats_request_timeout_s)
+                await ensure_streams(js)
+                feed = RevocationFeed(js=js, revocations=revocations, access_token_ttl_s=settings.access_token_ttl_s)
+                await feed.start()
+                log.info("revocations.following")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("revocations.unavailable", error=str(exc) or type(exc).__name__)
+                if nc is not None:
+                    await nc.close()
+                nc, feed = None, None
+                await asyncio.sleep(2)
+        while True:
+            await asyncio.sleep(60)
+            revocations.prune()
+    finally:
+        if feed is not None:
+            await feed.stop()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout=2)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        auth_channel = open_channel(settings.auth_grpc_target)
+        tenants_channel = open_channel(settings.tenants_grpc_target)
+        revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
+        verifier = TokenVerifier(
+            fetch_jwks=grpc_jwks_fetcher(auth_channel, deadline_s=settings.grpc_deadline_s),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            cache_ttl_s=settings.jwks_cache_ttl_s,
+            refresh_min_interval_s=settings.jwks_refresh_min_interval_s,
+        )
+        app.state.backends = Backends(
+            settings=settings,
+            auth_channel=auth_channel,
+            tenants_channel=tenants_channel,
+            auth=auth_pb2_grpc.AuthServiceStub(auth_channel),
+            tenants=tenants_pb2_grpc.TenantsServiceStub(tenants_channel),
+            verifier=verifier,
+            revocations=revocations,
+        )
+        follower = asyncio.create_task(_follow_revocations(settings, revocations))
+        try:
+            await verifier.refresh()
+        except Exception as exc:  # auth not up yet: readiness says so, and the first request retries
+            log.warning("jwks.unavailable", error=str(exc) or type(exc).__name__)
+        log.info("gateway.started")
+        try:
+            yield
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await auth_channel.close()
+            await tenants_channel.close()
+            log.info("gateway.stopped")
+
+    app = FastAPI(
+        title="RepoLens API",
+        version="2.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(auth.router)
+    app.include_router(tenants.router)
+    app.include_router(health.router)
+    # Outermost last: the request id exists before the limits answer.
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,77 @@
+"""What routes depend on: the gRPC stubs, deadlines and metadata, and the verified caller."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import structlog
+from fastapi import Depends, Request
+
+from libs.common.config import GatewaySettings
+from libs.common.grpc_client import error_from_rpc
+from libs.common.grpc_server import REQUEST_ID_KEY
+from libs.common.revocation import RevocationList
+from libs.common.tokens import AccessClaims, TokenVerifier, bearer_token
+from repolens.auth.v1 import auth_pb2_grpc
+from repolens.tenants.v1 import tenants_pb2_grpc
+
+Reply = TypeVar("Reply")
+
+
+@dataclass
+class Backends:
+    """Persistent channels and stubs, made once at start-up."""
+
+    settings: GatewaySettings
+    auth_channel: grpc.aio.Channel
+    tenants_channel: grpc.aio.Channel
+    auth: auth_pb2_grpc.AuthServiceStub
+    tenants: tenants_pb2_grpc.TenantsServiceStub
+    verifier: TokenVerifier
+    revocations: RevocationList
+
+    async def call(
+        self,
+        method: Callable[..., Awaitable[Reply]],
+        message: Any,
+        *,
+        request: Request,
+        token: str | None = None,
+    ) -> Reply:
+        """One RPC with the deadline, the request id and (when acting for a user) the bearer token."""
+        metadata = [(REQUEST_ID_KEY, request.state.request_id)]
+        if token is not None:
+            metadata.append(("authorization", f"Bearer {token}"))
+        try:
+            return await method(message, timeout=self.settings.grpc_deadline_s, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+
+
+def get_backends(request: Request) -> Backends:
+    backends: Backends = request.app.state.backends
+    return backends
+
+
+BackendsDep = Annotated[Backends, Depends(get_backends)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    claims: AccessClaims
+    token: str
+
+
+async def current_caller(request: Request, backends: BackendsDep) -> Caller:
+    """The verified bearer of the request; the tenant comes from this token and nowhere else."""
+    token = bearer_token(request.headers.get("authorization"))
+    claims = await backends.verifier.verify(token)
+    backends.revocations.check(claims)
+    structlog.contextvars.bind_contextvars(tenant_id=str(claims.tenant_id), user_id=str(claims.user_id))
+    return Caller(claims=claims, token=token)
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]

@@ -1,0 +1,95 @@
+"""/api/v2/auth: registration, login, token refresh, logout, the caller."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import APIRouter, Request, Response, status
+from google.protobuf.json_format import MessageToDict
+
+from gateway.deps import BackendsDep, CurrentCaller
+from gateway.schemas import ErrorOut, LoginBody, MeOut, RefreshBody, RegisterBody, RegisteredOut, TokensOut, UserOut
+from repolens.auth.v1 import auth_pb2
+
+router = APIRouter(prefix="/api/v2/auth", tags=["auth"])
+
+_ERRORS = {422: {"model": ErrorOut, "description": "Validation failed (`ERR_VALIDATION_001`)"}}
+_UNAUTHORIZED = {401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}}
+
+
+def _user(user: auth_pb2.User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        username=user.username,
+        email=user.email,
+        full_name=user.full_name,
+        is_active=user.is_active,
+        created_at=user.created_at.ToDatetime(tzinfo=dt.UTC),
+    )
+
+
+def _tokens(tokens: auth_pb2.TokenPair) -> TokensOut:
+    return TokensOut(
+        **MessageToDict(tokens, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    )
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RegisteredOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Username or email taken"}},
+    summary="Create a user and its personal tenant",
+)
+async def register(body: RegisterBody, request: Request, backends: BackendsDep) -> RegisteredOut:
+    reply = await backends.call(
+        backends.auth.Register,
+        auth_pb2.RegisterRequest(
+            username=body.username, email=body.email, password=body.password, full_name=body.full_name
+        ),
+        request=request,
+    )
+    return RegisteredOut(**_user(reply.user).model_dump(), personal_tenant_id=reply.personal_tenant_id)
+
+
+@router.post(
+    "/login",
+    response_model=TokensOut,
+    responses={**_ERRORS, 401: {"model": ErrorOut, "description": "Invalid username or password"}},
+    summary="Tokens for the user's last used (or personal) tenant",
+)
+async def login(body: LoginBody, request: Request, backends: BackendsDep) -> TokensOut:
+    reply = await backends.call(
+        backends.auth.Login, auth_pb2.LoginRequest(username=body.username, password=body.password), request=request
+    )
+    return _tokens(reply.tokens)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokensOut,
+    responses={**_ERRORS, 401: {"model": ErrorOut, "description": "Unknown, expired or reused refresh token"}},
+    summary="Rotate the refresh token; reusing a spent one revokes the session",
+)
+async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) -> TokensOut:
+    reply = await backends.call(
+        backends.auth.RefreshTokens, auth_pb2.RefreshTokensRequest(refresh_token=body.refresh_token), request=request
+    )
+    return _tokens(reply.tokens)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_ERRORS, 401: {"model": ErrorOut, "description": "Unknown refresh token"}},
+    summary="Revoke the session; its access tokens stop working within a second",
+)
+async def logout(body: RefreshBody, request: Request, backends: BackendsDep) -> Response:
+    await backends.call(backends.auth.Logout, auth_pb2.LogoutRequest(refresh_token=body.refresh_token), request=request)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me", response_model=MeOut, responses=_UNAUTHORIZED, summary="The caller, its tenant and role")
+async def me(caller: CurrentCaller, request: Request, backends: BackendsDep) -> MeOut:
+    reply = await backends.call(backends.auth.GetMe, auth_pb2.GetMeRequest(), request=request, token=caller.token)
+    return MeOut(user=_user(reply.user), tenant_id=reply.tenant_id, role=reply.role)

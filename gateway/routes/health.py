@@ -1,0 +1,57 @@
+"""Probes and the public key set: /health/live, /health/ready, /.well-known/jwks.json."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.deps import BackendsDep
+from gateway.schemas import HealthOut
+from repolens.auth.v1 import auth_pb2
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live", response_model=HealthOut, summary="The process is up")
+async def live() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+async def _serving(channel: grpc.aio.Channel, deadline_s: float) -> bool:
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=deadline_s)
+    except grpc.aio.AioRpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "A downstream service is not serving or keys are missing"}},
+    summary="Every downstream service serves and the token keys are loaded",
+)
+async def ready(backends: BackendsDep) -> Response:
+    timeout = backends.settings.ready_check_timeout_s
+    auth_ok, tenants_ok = await asyncio.gather(
+        _serving(backends.auth_channel, timeout), _serving(backends.tenants_channel, timeout)
+    )
+    if auth_ok and not backends.verifier.has_keys:
+        with contextlib.suppress(Exception):  # the check below reports the outcome
+            await asyncio.wait_for(backends.verifier.refresh(), timeout=timeout)
+    checks = {"auth": auth_ok, "tenants": tenants_ok, "keys": backends.verifier.has_keys}
+    healthy = all(checks.values())
+    body = HealthOut(status="ok" if healthy else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+
+
+@router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)")
+async def jwks(request: Request, backends: BackendsDep) -> Response:
+    reply = await backends.call(backends.auth.GetJwks, auth_pb2.GetJwksRequest(), request=request)
+    keys = [{f: getattr(k, f) for f in ("kty", "crv", "x", "kid", "alg", "use")} for k in reply.keys]
+    return JSONResponse({"keys": keys}, headers={"Cache-Control": "public, max-age=300"})

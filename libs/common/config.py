@@ -1,0 +1,191 @@
+"""Settings per process, read from the environment (and `*_FILE` secret files) once, in main."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# Development-only master key (32 zero-ish bytes, base64). Production refuses it.
+DEVELOPMENT_MASTER_KEY = base64.b64encode(b"repolens-development-master-key!").decode()
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class _SecretFileSource(PydanticBaseSettingsSource):
+    """Reads `NAME_FILE` (a path) for any field, the way Kubernetes secrets are mounted."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        path = os.environ.get(f"{field_name.upper()}_FILE")
+        if not path:
+            return None, field_name, False
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip(), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs: environment, logging, PostgreSQL, NATS, token checks."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    environment: Environment = Field(default=Environment.DEVELOPMENT, description="development, test or production")
+    log_level: str = Field(default="INFO", description="Lowest log level written")
+    log_json: bool | None = Field(default=None, description="JSON log lines; default: on in production only")
+
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/repolens", description="PostgreSQL URL (libpq form)"
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections kept open per process")
+    db_max_overflow: int = Field(default=5, ge=0, le=200, description="Extra connections allowed under load")
+    db_pool_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a free connection before failing")
+    db_statement_timeout_ms: int = Field(default=5000, ge=100, description="PostgreSQL statement_timeout")
+    db_connect_timeout_s: int = Field(default=5, ge=1, description="Connect timeout for one attempt")
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma separated")
+    nats_connect_timeout_s: float = Field(default=3.0, gt=0, description="Connect timeout for one attempt")
+    nats_request_timeout_s: float = Field(default=5.0, gt=0, description="JetStream publish and API timeout")
+
+    startup_timeout_s: float = Field(default=60.0, gt=0, description="Give up waiting for PostgreSQL/NATS after")
+
+    jwt_issuer: str = Field(default="repolens-auth", description="iss claim of access tokens")
+    jwt_audience: str = Field(default="repolens", description="aud claim of access tokens")
+    access_token_ttl_s: int = Field(default=900, ge=60, le=86400, description="Lifetime of an access token")
+    jwks_cache_ttl_s: float = Field(default=300.0, gt=0, description="How long fetched public keys are trusted")
+    jwks_refresh_min_interval_s: float = Field(
+        default=2.0, ge=0, description="Least time between two key fetches for unknown kids"
+    )
+
+    grpc_deadline_s: float = Field(default=5.0, gt=0, description="Deadline of every outgoing gRPC call")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _SecretFileSource(settings_cls), dotenv_settings)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def json_logs(self) -> bool:
+        return self.is_production if self.log_json is None else self.log_json
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver named, as SQLAlchemy wants it."""
+        url = self.database_url
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+    @model_validator(mode="after")
+    def _production_needs_real_values(self) -> Self:
+        if self.is_production:
+            problems = self.production_problems()
+            if problems:
+                raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    def production_problems(self) -> list[str]:
+        """Reasons this configuration is unfit for production; subclasses add their own."""
+        problems = []
+        if "DATABASE_URL" not in os.environ and "DATABASE_URL_FILE" not in os.environ:
+            problems.append("DATABASE_URL is not set")
+        if "NATS_URL" not in os.environ and "NATS_URL_FILE" not in os.environ:
+            problems.append("NATS_URL is not set")
+        return problems
+
+
+class GrpcServiceSettings(CommonSettings):
+    """A gRPC service process."""
+
+    grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    grpc_max_concurrent_rpcs: int = Field(default=256, ge=1, description="RPCs served at once before queueing")
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="Time in-flight RPCs get on SIGTERM")
+    outbox_poll_interval_s: float = Field(default=0.5, gt=0, description="Outbox relay poll when idle")
+    consumer_max_deliver: int = Field(default=5, ge=1, description="Deliveries of one event before dead-letter")
+    consumer_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver an unacked event after")
+    auth_grpc_target: str = Field(default="127.0.0.1:50051", description="Auth service address (public keys)")
+
+
+def decode_master_key(value: str) -> bytes:
+    """A master key is 32 bytes, written as base64."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("master key must be base64") from exc
+    if len(raw) != 32:
+        raise ValueError("master key must be 32 bytes (base64 of 32 random bytes)")
+    return raw
+
+
+class AuthSettings(GrpcServiceSettings):
+    """The auth service."""
+
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    auth_master_key: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_MASTER_KEY), description="base64 of 32 bytes; encrypts signing keys"
+    )
+    refresh_token_ttl_s: int = Field(default=30 * 86400, ge=60, description="Lifetime of a refresh token")
+    key_reload_interval_s: float = Field(default=30.0, gt=0, description="How often signing keys are re-read")
+    argon2_time_cost: int = Field(default=2, ge=1, description="argon2id iterations (OWASP: 2)")
+    argon2_memory_kib: int = Field(default=19456, ge=1024, description="argon2id memory in KiB (OWASP: 19 MiB)")
+    argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes (OWASP: 1)")
+
+    @field_validator("auth_master_key")
+    @classmethod
+    def _key_shape(cls, value: SecretStr) -> SecretStr:
+        decode_master_key(value.get_secret_value())
+        return value
+
+    @property
+    def master_key(self) -> bytes:
+        return decode_master_key(self.auth_master_key.get_secret_value())
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if self.auth_master_key.get_secret_value() == DEVELOPMENT_MASTER_KEY:
+            problems.append("AUTH_MASTER_KEY is missing or the development default")
+        return problems
+
+
+class TenantsSettings(GrpcServiceSettings):
+    """The tenants service."""
+
+    grpc_port: int = Field(default=50052, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+
+
+class GatewaySettings(CommonSettings):
+    """The public HTTP gateway."""
+
+    http_host: str = Field(default="127.0.0.1", description="Address the gateway binds")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
+    auth_grpc_target: str = Field(default="127.0.0.1:50051", description="Auth service address")
+    tenants_grpc_target: str = Field(default="127.0.0.1:50052", description="Tenants service address")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted")
+    ready_check_timeout_s: float = Field(default=1.0, gt=0, description="Deadline of one downstream health check")

@@ -1,0 +1,49 @@
+"""gRPC client side: channels and the mapping of a failed call back to a typed error."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from libs.common import errors
+from libs.common.errors import AppError
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+# A status without our ErrorInfo still maps to a stable code.
+_FALLBACK = {
+    grpc.StatusCode.UNAVAILABLE: errors.UPSTREAM_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.UPSTREAM_TIMEOUT,
+    grpc.StatusCode.UNAUTHENTICATED: errors.INVALID_TOKEN,
+    grpc.StatusCode.CANCELLED: errors.UPSTREAM_UNAVAILABLE,
+}
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    """A persistent channel; keepalive finds dead peers, reconnect backoff stays short for restarts."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ],
+    )
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> AppError:
+    """The typed error a service raised, read from the ErrorInfo in the status details."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != _STATUS_DETAILS_KEY:
+            continue
+        raw = value if isinstance(value, bytes) else value.encode()
+        status = status_pb2.Status.FromString(raw)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                spec = errors.lookup(info.reason)
+                message = status.message if spec is not errors.INTERNAL else spec.message
+                return AppError(spec, message=message, details=dict(info.metadata))
+    return AppError(_FALLBACK.get(exc.code(), errors.INTERNAL))

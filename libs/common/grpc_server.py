@@ -1,0 +1,160 @@
+"""gRPC server bootstrap: interceptors, health, reflection and graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import structlog
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from libs.common import errors
+from libs.common.config import GrpcServiceSettings
+from libs.common.errors import AppError
+
+REQUEST_ID_KEY = "x-request-id"
+ERROR_DOMAIN = "repolens"
+
+log = structlog.get_logger(__name__)
+
+
+def error_status(error: AppError) -> grpc.Status:
+    """The gRPC status carrying the error code as `google.rpc.ErrorInfo`."""
+    info = error_details_pb2.ErrorInfo(reason=error.code, domain=ERROR_DOMAIN, metadata=error.details)
+    status = status_pb2.Status(code=error.spec.grpc_status.value[0], message=error.message)
+    status.details.add().Pack(info)
+    return rpc_status.to_status(status)
+
+
+def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Binds request metadata into the log context and maps typed errors to rich gRPC statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        behaviour = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=metadata_value(context, REQUEST_ID_KEY), rpc=method)
+            started = time.perf_counter()
+            try:
+                reply = await behaviour(request, context)
+                log.info("rpc.completed", elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+                return reply
+            except AppError as exc:
+                log.info("rpc.failed", code=exc.code, elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+                await context.abort_with_status(error_status(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("rpc.crashed")
+                await context.abort_with_status(error_status(AppError(errors.INTERNAL)))
+            finally:
+                structlog.contextvars.clear_contextvars()
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+HealthProbe = Callable[[], Awaitable[bool]]
+
+
+class GrpcServer:
+    """A grpc.aio server with the standard health and reflection services.
+
+    Health is real: `SERVING` only while every probe passes, re-checked every `interval` seconds.
+    """
+
+    def __init__(self, settings: GrpcServiceSettings, *, service_names: Iterable[str]):
+        self._settings = settings
+        self._service_names = [*service_names]
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor()],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+        self._probes: list[HealthProbe] = []
+        self._stopping = asyncio.Event()
+
+    def add_probe(self, probe: HealthProbe) -> None:
+        self._probes.append(probe)
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(f"{self._settings.grpc_host}:{self._settings.grpc_port}")
+        await self.server.start()
+        await self._set_health(False)
+        return self.port
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+
+    async def _check(self) -> bool:
+        for probe in self._probes:
+            try:
+                if not await asyncio.wait_for(probe(), timeout=2.0):
+                    return False
+            except Exception:
+                return False
+        return True
+
+    async def watch_health(self, interval: float = 1.0) -> None:
+        """Keeps the health status in step with the probes until the server stops."""
+        serving: bool | None = None
+        while not self._stopping.is_set():
+            now = await self._check()
+            if now != serving:
+                serving = now
+                await self._set_health(now)
+                log.info("health.changed", serving=now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+
+    async def wait_for_stop(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Reports NOT_SERVING, then lets in-flight calls finish within the grace period."""
+        self._stopping.set()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self._settings.shutdown_grace_s)

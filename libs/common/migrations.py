@@ -1,0 +1,116 @@
+"""Alembic migrations per service schema: apply, step back, and refuse to serve a stale schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command, context, op
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class SchemaBehindError(RuntimeError):
+    """The service's schema is older than its code: run `migrate` first."""
+
+
+def checked_schema(name: str) -> str:
+    """Schema names reach SQL as identifiers, so they must match a strict pattern first."""
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise ValueError(f"invalid schema name {name!r}")
+    return name
+
+
+def alembic_config(*, script_location: Path, schema: str, sqlalchemy_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url.replace("%", "%%"))
+    config.attributes["schema"] = checked_schema(schema)
+    return config
+
+
+def upgrade(config: Config, revision: str = "head") -> None:
+    command.upgrade(config, revision)
+
+
+def downgrade(config: Config, revision: str = "-1") -> None:
+    command.downgrade(config, revision)
+
+
+def run_env() -> None:
+    """The body of every service's `migrations/env.py`: one schema, one lock, one transaction."""
+    config = context.config
+    schema = checked_schema(config.attributes["schema"])
+    engine = sa.create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        # Concurrent migrators (two replicas starting) wait for each other instead of racing.
+        connection.execute(sa.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": f"migrate:{schema}"})
+        try:
+            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            connection.commit()
+            context.configure(
+                connection=connection,
+                version_table_schema=schema,
+                transaction_per_migration=False,
+            )
+            with context.begin_transaction():
+                context.run_migrations(schema=schema)
+            connection.commit()
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": f"migrate:{schema}"})
+            connection.commit()
+    engine.dispose()
+
+
+async def ensure_schema_current(engine: AsyncEngine, *, script_location: Path, schema: str) -> None:
+    """Raises SchemaBehindError unless the schema is at the code's head revision."""
+    heads = set(ScriptDirectory(str(script_location)).get_heads())
+    table = f'"{checked_schema(schema)}".alembic_version'
+    try:
+        async with engine.connect() as conn:
+            query = sa.text(f"SELECT version_num FROM {table}")  # noqa: S608 - a checked identifier
+            rows = (await conn.execute(query)).scalars().all()
+    except sa.exc.ProgrammingError as exc:
+        raise SchemaBehindError(f"schema {schema} has no migrations applied; run migrate") from exc
+    if set(rows) != heads:
+        raise SchemaBehindError(f"schema {schema} is at {sorted(rows)}, code expects {sorted(heads)}; run migrate")
+
+
+def create_event_tables(schema: str) -> None:
+    """Outbox and inbox of a service schema, matching `outbox_table` and `inbox_table`.
+
+    Called from a service's first migration: never change it, add a migration instead.
+    """
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("envelope", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("published_at", sa.DateTime(timezone=True)),
+        schema=schema,
+    )
+    op.create_index(
+        "outbox_unpublished",
+        "outbox",
+        ["created_at", "id"],
+        schema=schema,
+        postgresql_where=sa.text("published_at IS NULL"),
+    )
+    op.create_table(
+        "inbox",
+        sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.Uuid, primary_key=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        schema=schema,
+    )
+
+
+def drop_event_tables(schema: str) -> None:
+    op.drop_table("inbox", schema=schema)
+    op.drop_table("outbox", schema=schema)

@@ -1,0 +1,147 @@
+"""The life of a gRPC service process: connect, check the schema, serve, relay, consume, drain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.common import migrations
+from libs.common.config import GrpcServiceSettings
+from libs.common.consumer import EventConsumer, Handler
+from libs.common.db import create_engine, database_is_up, wait_for_database
+from libs.common.events import connect_nats, ensure_streams
+from libs.common.grpc_server import GrpcServer
+from libs.common.outbox import OutboxRelay
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What differs between services; everything else in this module is the same for all."""
+
+    name: str
+    schema: str
+    migrations: Path
+    outbox: sa.Table
+    inbox: sa.Table
+    grpc_service_names: list[str]
+    consumer_subjects: list[str] = field(default_factory=list)
+    consumer_handlers: Mapping[str, Handler] = field(default_factory=dict)
+
+
+@dataclass
+class Runtime:
+    """Connections a service's wiring may use."""
+
+    settings: GrpcServiceSettings
+    engine: AsyncEngine
+    nats: NatsClient
+    js: JetStreamContext
+    relay: OutboxRelay
+    server: GrpcServer
+
+
+Wiring = Callable[[Runtime], Awaitable[None]]
+
+
+async def serve(spec: ServiceSpec, settings: GrpcServiceSettings, wire: Wiring) -> None:
+    """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains in-flight calls."""
+    engine = create_engine(settings, application_name=spec.name)
+    await wait_for_database(engine, timeout_s=settings.startup_timeout_s)
+    await migrations.ensure_schema_current(engine, script_location=spec.migrations, schema=spec.schema)
+    nc = await connect_nats(settings, name=spec.name)
+    js = nc.jetstream(timeout=settings.nats_request_timeout_s)
+    await ensure_streams(js)
+
+    server = GrpcServer(settings, service_names=spec.grpc_service_names)
+    relay = OutboxRelay(
+        engine=engine,
+        table=spec.outbox,
+        js=js,
+        poll_interval_s=settings.outbox_poll_interval_s,
+        publish_timeout_s=settings.nats_request_timeout_s,
+    )
+    runtime = Runtime(settings=settings, engine=engine, nats=nc, js=js, relay=relay, server=server)
+    await wire(runtime)
+
+    async def database_probe() -> bool:
+        return await database_is_up(engine)
+
+    async def nats_probe() -> bool:
+        return bool(nc.is_connected)
+
+    server.add_probe(database_probe)
+    server.add_probe(nats_probe)
+    server.install_signal_handlers()
+    port = await server.start()
+
+    tasks = [
+        asyncio.create_task(relay.run(), name="outbox-relay"),
+        asyncio.create_task(server.watch_health(), name="health"),
+    ]
+    consumer: EventConsumer | None = None
+    if spec.consumer_handlers:
+        consumer = EventConsumer(
+            js=js,
+            engine=engine,
+            inbox=spec.inbox,
+            durable=spec.name,
+            subjects=spec.consumer_subjects,
+            handlers=spec.consumer_handlers,
+            max_deliver=settings.consumer_max_deliver,
+            ack_wait_s=settings.consumer_ack_wait_s,
+        )
+        tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
+    log.info("service.started", port=port)
+    await server.wait_for_stop()
+
+    log.info("service.stopping")
+    await server.stop()
+    relay.stop()
+    if consumer is not None:
+        consumer.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), timeout=5)
+    await engine.dispose()
+    log.info("service.stopped")
+
+
+def migrate(spec: ServiceSpec, settings: GrpcServiceSettings, args: argparse.Namespace) -> None:
+    config = migrations.alembic_config(
+        script_location=spec.migrations, schema=spec.schema, sqlalchemy_url=settings.sqlalchemy_url
+    )
+    if args.direction == "down":
+        migrations.downgrade(config, "-1")
+    else:
+        migrations.upgrade(config, "head")
+    log.info("migrations.applied", schema=spec.schema, direction=args.direction)
+
+
+def add_common_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    subparsers.add_parser("serve", help="run the gRPC server, the outbox relay and the event consumers")
+    migrate_parser = subparsers.add_parser("migrate", help="apply (up) or step back (down) the schema migrations")
+    migrate_parser.add_argument("direction", nargs="?", choices=["up", "down"], default="up")
+
+
+def run_async(main: Awaitable[None]) -> None:
+    """uvloop when available: it adds about 15% to a grpc.aio server here."""
+    try:
+        import uvloop
+
+        uvloop.run(main)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        asyncio.run(main)  # type: ignore[arg-type]

@@ -1,0 +1,111 @@
+"""Identities: users, sessions, refresh tokens, signing keys and the rules on their values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass
+
+from libs.common import errors
+from libs.common.errors import AppError
+
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,39}$")
+# Deliberately loose: one @, a dot in the domain, no spaces. Delivery proves the rest.
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+FULL_NAME_MAX = 200
+
+ROLES = ("owner", "admin", "member", "viewer")
+
+# Event types this service publishes.
+USER_REGISTERED = "user.registered"
+USER_DEACTIVATED = "user.deactivated"
+USER_ACTIVATED = "user.activated"
+SESSION_REVOKED = "session.revoked"
+
+
+def invalid(field: str, reason: str) -> AppError:
+    return AppError(errors.VALIDATION, details={"field": field, "reason": reason})
+
+
+def validate_registration(*, username: str, email: str, password: str, full_name: str) -> None:
+    """The service checks its own input, whatever the gateway did before."""
+    if not USERNAME.fullmatch(username):
+        raise invalid("username", "3-40 letters, digits, '_', '.', '-', starting with a letter or digit")
+    if len(email) > 254 or not EMAIL.fullmatch(email):
+        raise invalid("email", "not an email address")
+    validate_password(password)
+    if len(full_name) > FULL_NAME_MAX:
+        raise invalid("full_name", f"at most {FULL_NAME_MAX} characters")
+
+
+def validate_password(password: str) -> None:
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise invalid("password", f"{PASSWORD_MIN}-{PASSWORD_MAX} characters")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    username: str
+    email: str
+    full_name: str
+    password_hash: str
+    is_active: bool
+    personal_tenant_id: uuid.UUID
+    last_tenant_id: uuid.UUID | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """auth's projection of a tenants membership, used to put tenant and role in tokens."""
+
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    role: str
+    personal: bool
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    id: uuid.UUID
+    session_id: uuid.UUID
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    public_key: bytes
+    private_key_encrypted: bytes
+    created_at: dt.datetime
+    retired_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    tenant_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    user: User
+    tenant_id: uuid.UUID
+    role: str
+    session_id: uuid.UUID

@@ -1,0 +1,5 @@
+"""Alembic environment of the auth schema."""
+
+from libs.common.migrations import run_env
+
+run_env()

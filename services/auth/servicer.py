@@ -1,0 +1,77 @@
+"""gRPC controller of the auth service: protobuf in, use case, protobuf out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from libs.common.events import timestamp
+from libs.common.identity import CallerIdentity
+from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.auth import use_cases
+from services.auth.domain import Tokens, User
+from services.auth.use_cases import Auth
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _user(user: User) -> auth_pb2.User:
+    return auth_pb2.User(
+        id=str(user.id),
+        username=user.username,
+        email=user.email,
+        full_name=user.full_name,
+        is_active=user.is_active,
+        created_at=timestamp(user.created_at),
+    )
+
+
+def _tokens(tokens: Tokens) -> auth_pb2.TokenPair:
+    return auth_pb2.TokenPair(
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        token_type="bearer",  # noqa: S106 - the OAuth token type, not a secret
+        expires_in=tokens.expires_in,
+        tenant_id=str(tokens.tenant_id),
+    )
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, *, auth: Auth, identity: CallerIdentity):
+        self._auth = auth
+        self._identity = identity
+
+    async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
+        user = await use_cases.register(
+            auth=self._auth,
+            username=request.username,
+            email=request.email,
+            password=request.password,
+            full_name=request.full_name,
+        )
+        return auth_pb2.RegisterResponse(user=_user(user), personal_tenant_id=str(user.personal_tenant_id))
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
+        tokens = await use_cases.login(auth=self._auth, username=request.username, password=request.password)
+        return auth_pb2.LoginResponse(tokens=_tokens(tokens))
+
+    async def RefreshTokens(
+        self, request: auth_pb2.RefreshTokensRequest, context: Context
+    ) -> auth_pb2.RefreshTokensResponse:
+        tokens = await use_cases.refresh(auth=self._auth, refresh_token=request.refresh_token)
+        return auth_pb2.RefreshTokensResponse(tokens=_tokens(tokens))
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
+        await use_cases.logout(auth=self._auth, refresh_token=request.refresh_token)
+        return auth_pb2.LogoutResponse()
+
+    async def GetMe(self, request: auth_pb2.GetMeRequest, context: Context) -> auth_pb2.GetMeResponse:
+        claims = await self._identity(context)
+        me = await use_cases.me(auth=self._auth, claims=claims)
+        return auth_pb2.GetMeResponse(
+            user=_user(me.user), tenant_id=str(me.tenant_id), role=me.role, session_id=str(me.session_id)
+        )
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Context) -> auth_pb2.GetJwksResponse:
+        return auth_pb2.GetJwksResponse(keys=[auth_pb2.Jwk(**key) for key in self._auth.keyring.jwks])

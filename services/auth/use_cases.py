@@ -1,0 +1,374 @@
+"""Auth operations: registration, login, token refresh, logout, the caller, users and signing keys."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from libs.common import errors
+from libs.common.errors import AppError
+from libs.common.events import new_id, timestamp, unpack
+from libs.common.outbox import emit
+from libs.common.tokens import AccessClaims
+from repolens.events.v1 import events_pb2
+from services.auth import repository as repo
+from services.auth import signing
+from services.auth.domain import (
+    SESSION_REVOKED,
+    USER_ACTIVATED,
+    USER_DEACTIVATED,
+    USER_REGISTERED,
+    Me,
+    Membership,
+    Session,
+    Tokens,
+    User,
+    validate_registration,
+)
+from services.auth.passwords import Passwords
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Keyring:
+    """The signer in use and the public keys to publish, reloaded from the database."""
+
+    signer: signing.Signer | None = None
+    jwks: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Auth:
+    """What the use cases need, built once in main."""
+
+    engine: AsyncEngine
+    passwords: Passwords
+    master_key: bytes
+    issuer: str
+    audience: str
+    access_ttl_s: int
+    refresh_ttl_s: int
+    keyring: Keyring = field(default_factory=Keyring)
+    on_events: Any = None  # called after a commit that wrote events (wakes the outbox relay)
+
+    def events_written(self) -> None:
+        if self.on_events is not None:
+            self.on_events()
+
+
+async def _emit(
+    conn: AsyncConnection, *, event_type: str, payload: Any, actor_id: str = "", tenant_id: str = ""
+) -> None:
+    await emit(
+        conn,
+        repo.outbox,
+        service="auth",
+        event_type=event_type,
+        payload=payload,
+        actor_id=actor_id,
+        tenant_id=tenant_id,
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def register(*, auth: Auth, username: str, email: str, password: str, full_name: str) -> User:
+    """Creates the user, its owner membership of a personal tenant whose id it chooses, and `user.registered`."""
+    username, email, full_name = username.strip(), email.strip(), full_name.strip()
+    validate_registration(username=username, email=email, password=password, full_name=full_name)
+    password_hash = await auth.passwords.hash(password)
+    user_id, tenant_id = new_id(), new_id()
+    try:
+        async with auth.engine.begin() as conn:
+            username_taken, email_taken = await repo.username_or_email_taken(conn, username=username, email=email)
+            if username_taken:
+                raise AppError(errors.USERNAME_TAKEN)
+            if email_taken:
+                raise AppError(errors.EMAIL_TAKEN)
+            user = await repo.add_user(
+                conn,
+                User(
+                    id=user_id,
+                    username=username,
+                    email=email,
+                    full_name=full_name,
+                    password_hash=password_hash,
+                    is_active=True,
+                    personal_tenant_id=tenant_id,
+                    last_tenant_id=None,
+                    created_at=_now(),
+                ),
+            )
+            # Version 0: the tenants service's own record of this membership (version 1+) supersedes it.
+            await repo.upsert_membership(
+                conn, Membership(user_id=user_id, tenant_id=tenant_id, role="owner", personal=True, version=0)
+            )
+            await _emit(
+                conn,
+                event_type=USER_REGISTERED,
+                actor_id=str(user_id),
+                tenant_id=str(tenant_id),
+                payload=events_pb2.UserRegistered(
+                    user_id=str(user_id),
+                    username=username,
+                    email=email,
+                    full_name=full_name,
+                    personal_tenant_id=str(tenant_id),
+                ),
+            )
+    except sa.exc.IntegrityError as exc:
+        # Two registrations raced past the check above; the unique index decided.
+        if "users_email_ci" in str(exc.orig):
+            raise AppError(errors.EMAIL_TAKEN) from None
+        raise AppError(errors.USERNAME_TAKEN) from None
+    auth.events_written()
+    log.info("user.registered", user_id=str(user_id))
+    return user
+
+
+def _sign(auth: Auth, *, user_id: uuid.UUID, membership: Membership, session_id: uuid.UUID) -> str:
+    signer = auth.keyring.signer
+    if signer is None:
+        raise AppError(errors.KEYS_UNAVAILABLE)
+    return signer.access_token(
+        user_id=user_id, tenant_id=membership.tenant_id, role=membership.role, session_id=session_id, now=_now()
+    )
+
+
+async def _issue_refresh_token(conn: AsyncConnection, *, auth: Auth, session_id: uuid.UUID) -> str:
+    token, token_hash = signing.new_refresh_token()
+    await repo.add_refresh_token(
+        conn,
+        session_id=session_id,
+        token_hash=token_hash,
+        expires_at=_now() + dt.timedelta(seconds=auth.refresh_ttl_s),
+        token_id=new_id(),
+    )
+    return token
+
+
+async def _tenant_for_login(conn: AsyncConnection, user: User) -> Membership:
+    for tenant_id in (user.last_tenant_id, user.personal_tenant_id):
+        if tenant_id is not None:
+            membership = await repo.membership(conn, user_id=user.id, tenant_id=tenant_id)
+            if membership is not None:
+                return membership
+    raise AppError(errors.NO_TENANT)
+
+
+async def login(*, auth: Auth, username: str, password: str) -> Tokens:
+    """Tokens for the user's last used tenant (or the personal one) in a new session."""
+    if auth.keyring.signer is None:
+        raise AppError(errors.KEYS_UNAVAILABLE)
+    async with auth.engine.connect() as conn:
+        user = await repo.user_by_username(conn, username.strip())
+    # The same argon2 work whether or not the user exists: no timing oracle for usernames.
+    if not await auth.passwords.verify(user.password_hash if user else None, password) or user is None:
+        raise AppError(errors.INVALID_CREDENTIALS)
+    if not user.is_active:
+        raise AppError(errors.USER_INACTIVE)
+    new_hash = await auth.passwords.hash(password) if auth.passwords.needs_rehash(user.password_hash) else None
+    session_id = new_id()
+    async with auth.engine.begin() as conn:
+        membership = await _tenant_for_login(conn, user)
+        if new_hash is not None:
+            await repo.set_password_hash(conn, user_id=user.id, password_hash=new_hash)
+        await repo.add_session(
+            conn,
+            Session(
+                id=session_id,
+                user_id=user.id,
+                tenant_id=membership.tenant_id,
+                expires_at=_now() + dt.timedelta(seconds=auth.refresh_ttl_s),
+                revoked_at=None,
+            ),
+        )
+        refresh_token = await _issue_refresh_token(conn, auth=auth, session_id=session_id)
+        if user.last_tenant_id != membership.tenant_id:
+            await repo.set_last_tenant(conn, user_id=user.id, tenant_id=membership.tenant_id)
+    log.info("user.logged_in", user_id=str(user.id), tenant_id=str(membership.tenant_id))
+    return Tokens(
+        access_token=_sign(auth, user_id=user.id, membership=membership, session_id=session_id),
+        refresh_token=refresh_token,
+        expires_in=auth.access_ttl_s,
+        tenant_id=membership.tenant_id,
+    )
+
+
+async def _revoke(conn: AsyncConnection, *, session: Session, reason: str) -> None:
+    if await repo.revoke_session(conn, session_id=session.id, reason=reason):
+        await _emit(
+            conn,
+            event_type=SESSION_REVOKED,
+            actor_id=str(session.user_id),
+            tenant_id=str(session.tenant_id),
+            payload=events_pb2.SessionRevoked(
+                session_id=str(session.id), user_id=str(session.user_id), expires_at=timestamp(session.expires_at)
+            ),
+        )
+
+
+async def refresh(*, auth: Auth, refresh_token: str) -> Tokens:
+    """Spends the refresh token for a new pair; a spent one revokes its whole session."""
+    if auth.keyring.signer is None:
+        raise AppError(errors.KEYS_UNAVAILABLE)
+    failure: AppError | None = None
+    async with auth.engine.begin() as conn:
+        token = await repo.refresh_token_by_hash(conn, signing.hash_refresh_token(refresh_token))
+        session = await repo.session_by_id(conn, token.session_id) if token else None
+        if token is None or session is None:
+            raise AppError(errors.INVALID_REFRESH_TOKEN)
+        if session.revoked_at is not None:
+            raise AppError(errors.SESSION_REVOKED)
+        if token.expires_at <= _now() or session.expires_at <= _now():
+            raise AppError(errors.INVALID_REFRESH_TOKEN)
+        membership = await repo.membership(conn, user_id=session.user_id, tenant_id=session.tenant_id)
+        if token.used_at is not None or not await repo.spend_refresh_token(conn, token.id):
+            # Reuse: someone holds a copy of a spent token. Kill the family, keep that committed.
+            await _revoke(conn, session=session, reason="refresh_token_reused")
+            log.warning("session.refresh_token_reused", session_id=str(session.id))
+            failure = AppError(errors.SESSION_REVOKED)
+        elif membership is None:
+            await _revoke(conn, session=session, reason="membership_removed")
+            failure = AppError(errors.SESSION_REVOKED)
+        else:
+            new_refresh_token = await _issue_refresh_token(conn, auth=auth, session_id=session.id)
+    auth.events_written()
+    if failure is not None or membership is None:
+        raise failure or AppError(errors.SESSION_REVOKED)
+    return Tokens(
+        access_token=_sign(auth, user_id=session.user_id, membership=membership, session_id=session.id),
+        refresh_token=new_refresh_token,
+        expires_in=auth.access_ttl_s,
+        tenant_id=membership.tenant_id,
+    )
+
+
+async def logout(*, auth: Auth, refresh_token: str) -> None:
+    """Revokes the session of the refresh token; its access tokens stop working once verifiers hear of it."""
+    async with auth.engine.begin() as conn:
+        token = await repo.refresh_token_by_hash(conn, signing.hash_refresh_token(refresh_token))
+        session = await repo.session_by_id(conn, token.session_id) if token else None
+        if session is None:
+            raise AppError(errors.INVALID_REFRESH_TOKEN)
+        await _revoke(conn, session=session, reason="logout")
+    auth.events_written()
+
+
+async def me(*, auth: Auth, claims: AccessClaims) -> Me:
+    """The caller, checked against the database: a revoked session or inactive user gets nothing."""
+    async with auth.engine.connect() as conn:
+        found = await repo.user_with_session(conn, user_id=claims.user_id, session_id=claims.session_id)
+    if found is None:
+        raise AppError(errors.INVALID_TOKEN)
+    user, session = found
+    if session.revoked_at is not None or not user.is_active:
+        raise AppError(errors.SESSION_REVOKED)
+    return Me(user=user, tenant_id=claims.tenant_id, role=claims.role, session_id=session.id)
+
+
+async def set_user_active(*, auth: Auth, username: str, active: bool) -> User:
+    """Deactivation revokes every session and tells the verifiers; activation lets the user log in again."""
+    now = _now()
+    async with auth.engine.begin() as conn:
+        user = await repo.user_by_username(conn, username)
+        if user is None:
+            raise AppError(errors.USER_NOT_FOUND)
+        await repo.set_active(conn, user_id=user.id, active=active, at=now)
+        if active:
+            await _emit(conn, event_type=USER_ACTIVATED, payload=events_pb2.UserActivated(user_id=str(user.id)))
+        else:
+            await repo.revoke_user_sessions(conn, user_id=user.id, reason="user_deactivated")
+            await _emit(
+                conn,
+                event_type=USER_DEACTIVATED,
+                payload=events_pb2.UserDeactivated(user_id=str(user.id), deactivated_at=timestamp(now)),
+            )
+    auth.events_written()
+    log.info("user.activated" if active else "user.deactivated", user_id=str(user.id))
+    return user
+
+
+# Membership projection
+
+
+async def apply_membership_changed(conn: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
+    """Consumer of `membership.changed`: keeps the roles auth puts into tokens."""
+    event = unpack(envelope, events_pb2.MembershipChanged)
+    await repo.upsert_membership(
+        conn,
+        Membership(
+            user_id=uuid.UUID(event.user_id),
+            tenant_id=uuid.UUID(event.tenant_id),
+            role=event.role or "viewer",
+            personal=event.personal,
+            version=event.version,
+        ),
+        removed=event.removed,
+    )
+
+
+# Signing keys
+
+
+async def load_keys(*, auth: Auth, create_if_missing: bool = True) -> None:
+    """Loads the signer and the published key set; the first process to start creates the first key."""
+    horizon = _now() - dt.timedelta(seconds=auth.access_ttl_s + 60)
+    async with auth.engine.begin() as conn:
+        keys = await repo.signing_keys_in_use(conn, retired_after=horizon)
+        if not any(k.retired_at is None for k in keys) and create_if_missing:
+            await repo.lock_keys(conn)
+            keys = await repo.signing_keys_in_use(conn, retired_after=horizon)
+            if not any(k.retired_at is None for k in keys):
+                await _add_key(conn, auth=auth)
+                keys = await repo.signing_keys_in_use(conn, retired_after=horizon)
+    active = [k for k in keys if k.retired_at is None]
+    if not active:
+        return
+    current = active[0]
+    private_key = await asyncio.to_thread(signing.open_private_key, current, auth.master_key)
+    auth.keyring.signer = signing.Signer(
+        kid=current.kid,
+        private_key=private_key,
+        issuer=auth.issuer,
+        audience=auth.audience,
+        ttl_s=auth.access_ttl_s,
+    )
+    auth.keyring.jwks = [signing.public_jwk(k) for k in keys]
+
+
+async def _add_key(conn: AsyncConnection, *, auth: Auth) -> str:
+    kid, public_key, sealed = signing.new_key_material(auth.master_key)
+    await repo.add_signing_key(conn, kid=kid, public_key=public_key, private_key_encrypted=sealed)
+    log.info("signing_key.created", kid=kid)
+    return kid
+
+
+async def rotate_keys(*, auth: Auth) -> str:
+    """A new signing key; older keys are retired but keep verifying until their tokens have expired."""
+    async with auth.engine.begin() as conn:
+        await repo.lock_keys(conn)
+        kid = await _add_key(conn, auth=auth)
+        await repo.retire_signing_keys(conn, except_kid=kid)
+    return kid
+
+
+async def reseal_keys(*, auth: Auth, old_master_key: bytes) -> int:
+    """Encrypts every private key again under the current master key (after a master-key change)."""
+    async with auth.engine.begin() as conn:
+        await repo.lock_keys(conn)
+        keys = await repo.all_signing_keys(conn)
+        for key in keys:
+            sealed = signing.reseal(key, old_master_key=old_master_key, new_master_key=auth.master_key)
+            await repo.set_sealed_private_key(conn, kid=key.kid, private_key_encrypted=sealed)
+    return len(keys)

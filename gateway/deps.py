@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import grpc
 import structlog
@@ -17,8 +16,6 @@ from libs.common.revocation import RevocationList
 from libs.common.tokens import AccessClaims, TokenVerifier, bearer_token
 from repolens.auth.v1 import auth_pb2_grpc
 from repolens.tenants.v1 import tenants_pb2_grpc
-
-Reply = TypeVar("Reply")
 
 
 @dataclass
@@ -35,12 +32,12 @@ class Backends:
 
     async def call(
         self,
-        method: Callable[..., Awaitable[Reply]],
+        method: Any,
         message: Any,
         *,
         request: Request,
         token: str | None = None,
-    ) -> Reply:
+    ) -> Any:
         """One RPC with the deadline, the request id and (when acting for a user) the bearer token."""
         metadata = [(REQUEST_ID_KEY, request.state.request_id)]
         if token is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from google.protobuf.json_format import MessageToDict
@@ -13,8 +14,12 @@ from repolens.auth.v1 import auth_pb2
 
 router = APIRouter(prefix="/api/v2/auth", tags=["auth"])
 
-_ERRORS = {422: {"model": ErrorOut, "description": "Validation failed (`ERR_VALIDATION_001`)"}}
-_UNAUTHORIZED = {401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "Validation failed (`ERR_VALIDATION_001`)"}
+}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}
+}
 
 
 def _user(user: auth_pb2.User) -> UserOut:
@@ -42,7 +47,7 @@ def _tokens(tokens: auth_pb2.TokenPair) -> TokensOut:
     summary="Create a user and its personal tenant",
 )
 async def register(body: RegisterBody, request: Request, backends: BackendsDep) -> RegisteredOut:
-    reply = await backends.call(
+    reply: auth_pb2.RegisterResponse = await backends.call(
         backends.auth.Register,
         auth_pb2.RegisterRequest(
             username=body.username, email=body.email, password=body.password, full_name=body.full_name
@@ -59,7 +64,7 @@ async def register(body: RegisterBody, request: Request, backends: BackendsDep) 
     summary="Tokens for the user's last used (or personal) tenant",
 )
 async def login(body: LoginBody, request: Request, backends: BackendsDep) -> TokensOut:
-    reply = await backends.call(
+    reply: auth_pb2.LoginResponse = await backends.call(
         backends.auth.Login, auth_pb2.LoginRequest(username=body.username, password=body.password), request=request
     )
     return _tokens(reply.tokens)
@@ -72,7 +77,7 @@ async def login(body: LoginBody, request: Request, backends: BackendsDep) -> Tok
     summary="Rotate the refresh token; reusing a spent one revokes the session",
 )
 async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) -> TokensOut:
-    reply = await backends.call(
+    reply: auth_pb2.RefreshTokensResponse = await backends.call(
         backends.auth.RefreshTokens, auth_pb2.RefreshTokensRequest(refresh_token=body.refresh_token), request=request
     )
     return _tokens(reply.tokens)
@@ -91,5 +96,7 @@ async def logout(body: RefreshBody, request: Request, backends: BackendsDep) -> 
 
 @router.get("/me", response_model=MeOut, responses=_UNAUTHORIZED, summary="The caller, its tenant and role")
 async def me(caller: CurrentCaller, request: Request, backends: BackendsDep) -> MeOut:
-    reply = await backends.call(backends.auth.GetMe, auth_pb2.GetMeRequest(), request=request, token=caller.token)
+    reply: auth_pb2.GetMeResponse = await backends.call(
+        backends.auth.GetMe, auth_pb2.GetMeRequest(), request=request, token=caller.token
+    )
     return MeOut(user=_user(reply.user), tenant_id=reply.tenant_id, role=reply.role)

@@ -27,7 +27,7 @@ async def _serving(channel: grpc.aio.Channel, deadline_s: float) -> bool:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=deadline_s)
     except grpc.aio.AioRpcError:
         return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 @router.get(
@@ -52,6 +52,8 @@ async def ready(backends: BackendsDep) -> Response:
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)")
 async def jwks(request: Request, backends: BackendsDep) -> Response:
-    reply = await backends.call(backends.auth.GetJwks, auth_pb2.GetJwksRequest(), request=request)
+    reply: auth_pb2.GetJwksResponse = await backends.call(
+        backends.auth.GetJwks, auth_pb2.GetJwksRequest(), request=request
+    )
     keys = [{f: getattr(k, f) for f in ("kty", "crv", "x", "kid", "alg", "use")} for k in reply.keys]
     return JSONResponse({"keys": keys}, headers={"Cache-Control": "public, max-age=300"})

@@ -27,7 +27,7 @@ async def list_tenants(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> TenantPage:
-    reply = await backends.call(
+    reply: tenants_pb2.ListMyTenantsResponse = await backends.call(
         backends.tenants.ListMyTenants,
         tenants_pb2.ListMyTenantsRequest(page_size=limit, page_token=cursor or ""),
         request=request,

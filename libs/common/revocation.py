@@ -90,7 +90,7 @@ class RevocationFeed:
                 cb=self._on_message,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.BY_START_TIME,
-                config=ConsumerConfig(opt_start_time=start.isoformat().replace("+00:00", "Z")),
+                config=ConsumerConfig(opt_start_time=start),
             )
             self._subscriptions.append(subscription)
         self.ready.set()

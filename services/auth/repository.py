@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.consumer import inbox_table
@@ -93,7 +93,7 @@ _USER_COLUMNS = (
 )
 
 
-def _user(row: Row[tuple[object, ...]]) -> User:
+def _user(row: Any) -> User:
     return User(
         id=row.id,
         username=row.username,
@@ -315,7 +315,7 @@ async def spend_refresh_token(conn: AsyncConnection, token_id: uuid.UUID) -> boo
 # Signing keys
 
 
-def _key(row: Row[tuple[object, ...]]) -> SigningKey:
+def _key(row: Any) -> SigningKey:
     return SigningKey(
         kid=row.kid,
         public_key=row.public_key,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.consumer import inbox_table
@@ -42,7 +42,7 @@ outbox = outbox_table(metadata, SCHEMA)
 inbox = inbox_table(metadata, SCHEMA)
 
 
-def _membership(row: Row[tuple[object, ...]]) -> TenantMembership:
+def _membership(row: Any) -> TenantMembership:
     return TenantMembership(
         tenant=Tenant(id=row.id, name=row.name, slug=row.slug, personal=row.personal, created_at=row.created_at),
         role=row.role,

@@ -55,8 +55,10 @@ class Runtime:
 Wiring = Callable[[Runtime], Awaitable[None]]
 
 
-async def serve(spec: ServiceSpec, settings: GrpcServiceSettings, wire: Wiring) -> None:
-    """Runs until SIGTERM/SIGINT, then reports NOT_SERVING and drains in-flight calls."""
+async def serve(
+    spec: ServiceSpec, settings: GrpcServiceSettings, wire: Wiring, *, stop: asyncio.Event | None = None
+) -> None:
+    """Runs until SIGTERM/SIGINT (or `stop`, when embedded), then reports NOT_SERVING and drains."""
     engine = create_engine(settings, application_name=spec.name)
     await wait_for_database(engine, timeout_s=settings.startup_timeout_s)
     await migrations.ensure_schema_current(engine, script_location=spec.migrations, schema=spec.schema)
@@ -83,7 +85,10 @@ async def serve(spec: ServiceSpec, settings: GrpcServiceSettings, wire: Wiring) 
 
     server.add_probe(database_probe)
     server.add_probe(nats_probe)
-    server.install_signal_handlers()
+    if stop is None:
+        server.install_signal_handlers()
+    else:
+        asyncio.get_running_loop().create_task(_forward(stop, server))
     port = await server.start()
 
     tasks = [
@@ -118,6 +123,11 @@ async def serve(spec: ServiceSpec, settings: GrpcServiceSettings, wire: Wiring) 
         await asyncio.wait_for(nc.drain(), timeout=5)
     await engine.dispose()
     log.info("service.stopped")
+
+
+async def _forward(stop: asyncio.Event, server: GrpcServer) -> None:
+    await stop.wait()
+    server.request_stop()
 
 
 def migrate(spec: ServiceSpec, settings: GrpcServiceSettings, args: argparse.Namespace) -> None:

@@ -62,7 +62,7 @@ async def _reload_keys(auth: Auth, interval_s: float) -> None:
             log.warning("signing_keys.reload_failed", error=str(exc))
 
 
-async def _serve(settings: AuthSettings) -> None:
+async def serve_auth(settings: AuthSettings, stop: asyncio.Event | None = None) -> None:
     tasks: list[asyncio.Task[None]] = []
 
     async def wire(runtime: Runtime) -> None:
@@ -91,7 +91,7 @@ async def _serve(settings: AuthSettings) -> None:
         tasks.append(asyncio.create_task(_reload_keys(auth, settings.key_reload_interval_s)))
 
     try:
-        await serve(SPEC, settings, wire)
+        await serve(SPEC, settings, wire, stop=stop)
     finally:
         for task in tasks:
             task.cancel()
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = AuthSettings()
     configure_logging(settings, service="auth")
     if args.command == "serve":
-        run_async(_serve(settings))
+        run_async(serve_auth(settings))
         return 0
     if args.command == "migrate":
         migrate(SPEC, settings, args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ SPEC = ServiceSpec(
 )
 
 
-async def _serve(settings: TenantsSettings) -> None:
+async def serve_tenants(settings: TenantsSettings, stop: asyncio.Event | None = None) -> None:
     auth_channel = open_channel(settings.auth_grpc_target)
     feed: RevocationFeed | None = None
 
@@ -54,7 +55,7 @@ async def _serve(settings: TenantsSettings) -> None:
         tenants_pb2_grpc.add_TenantsServiceServicer_to_server(servicer, runtime.server.server)
 
     try:
-        await serve(SPEC, settings, wire)
+        await serve(SPEC, settings, wire, stop=stop)
     finally:
         if feed is not None:
             await feed.stop()
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = TenantsSettings()
     configure_logging(settings, service="tenants")
     if args.command == "serve":
-        run_async(_serve(settings))
+        run_async(serve_tenants(settings))
     else:
         migrate(SPEC, settings, args)
     return 0

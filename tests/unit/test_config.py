@@ -1,0 +1,65 @@
+"""Settings: production refuses defaults, secrets come from files, URLs are normalised."""
+
+import base64
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from libs.common.config import AuthSettings, CommonSettings, GatewaySettings
+
+
+def test_production_refuses_the_development_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
+    monkeypatch.setenv("NATS_URL", "nats://nats:4222")
+    monkeypatch.delenv("AUTH_MASTER_KEY", raising=False)
+    with pytest.raises(ValidationError, match="AUTH_MASTER_KEY"):
+        AuthSettings()
+
+
+def test_production_refuses_missing_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    with pytest.raises(ValidationError, match="DATABASE_URL is not set"):
+        GatewaySettings()
+
+
+def test_production_accepts_a_real_key_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key = base64.b64encode(bytes(range(32))).decode()
+    key_file = tmp_path / "master-key"
+    key_file.write_text(key + "\n", encoding="utf-8")
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
+    monkeypatch.setenv("NATS_URL", "nats://nats:4222")
+    monkeypatch.delenv("AUTH_MASTER_KEY", raising=False)
+    monkeypatch.setenv("AUTH_MASTER_KEY_FILE", str(key_file))
+    settings = AuthSettings()
+    assert settings.master_key == bytes(range(32))
+    assert settings.json_logs is True
+
+
+def test_master_key_must_be_32_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_MASTER_KEY", base64.b64encode(b"short").decode())
+    with pytest.raises(ValidationError, match="32 bytes"):
+        AuthSettings()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u@h:5432/d", "postgresql+psycopg://u@h:5432/d"),
+        ("postgres://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+psycopg://u@/d?host=/tmp", "postgresql+psycopg://u@/d?host=/tmp"),
+    ],
+)
+def test_database_url_gets_the_psycopg_driver(monkeypatch: pytest.MonkeyPatch, given: str, expected: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", given)
+    assert CommonSettings().sqlalchemy_url == expected
+
+
+def test_other_database_schemes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://u@h/d")
+    with pytest.raises(ValueError, match="postgresql"):
+        _ = CommonSettings().sqlalchemy_url

@@ -119,8 +119,9 @@ async def serve(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    # close, not drain: the relay and the consumer have stopped, and unacked events are redelivered anyway.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), timeout=5)
+        await asyncio.wait_for(nc.close(), timeout=5)
     await engine.dispose()
     log.info("service.stopped")
 

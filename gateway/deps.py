@@ -48,7 +48,7 @@ class Backends:
             raise error_from_rpc(exc) from None
 
 
-def get_backends(request: Request) -> Backends:
+async def get_backends(request: Request) -> Backends:
     backends: Backends = request.app.state.backends
     return backends
 

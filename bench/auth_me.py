@@ -26,8 +26,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.devstack.servers import EmbeddedNats, EmbeddedPostgres  # noqa: E402
-from libs.devstack.stack import Stack  # noqa: E402
+from libs.devstack.servers import EmbeddedNats, EmbeddedPostgres
+from libs.devstack.stack import Stack
 
 
 def _token(base_url: str) -> str:
@@ -44,7 +44,9 @@ def _token(base_url: str) -> str:
         return token
 
 
-async def _worker(host: str, port: int, request: bytes, until: float, latencies: list[float], errors: list[int]) -> None:
+async def _worker(
+    host: str, port: int, request: bytes, until: float, latencies: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < until:

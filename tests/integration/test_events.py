@@ -12,13 +12,14 @@ import sqlalchemy as sa
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
-from repolens.events.v1 import events_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from libs.common.config import CommonSettings
 from libs.common.consumer import EventConsumer, inbox_table
 from libs.common.events import DEAD_LETTER_STREAM, EVENTS_STREAM, ensure_streams, make_envelope, unpack
 from libs.common.outbox import OutboxRelay, add_event, outbox_table
+from libs.devstack.servers import EmbeddedNats
+from repolens.events.v1 import events_pb2
 from tests.integration.conftest import eventually
 
 
@@ -81,30 +82,34 @@ async def test_rolled_back_change_publishes_nothing(
 ) -> None:
     engine, outbox, _, _ = scratch
     subject = f"repolens.events.test.{uuid.uuid4().hex}"
-    with pytest.raises(RuntimeError):
+
+    async def failing_change() -> None:
         async with engine.begin() as conn:
             await add_event(conn, outbox, subject=subject, envelope=_event("x"))
             raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
     assert await OutboxRelay(engine=engine, table=outbox, js=js).relay_once() == 0
 
 
 async def test_relay_keeps_rows_while_nats_is_unreachable(
-    own_nats: object, scratch: tuple[AsyncEngine, sa.Table, sa.Table, sa.Table]
+    own_nats: EmbeddedNats, scratch: tuple[AsyncEngine, sa.Table, sa.Table, sa.Table]
 ) -> None:
     engine, outbox, _, _ = scratch
-    nc = await nats.connect(own_nats.url, connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=0.2)  # type: ignore[attr-defined]
+    nc = await nats.connect(own_nats.url, connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     context = nc.jetstream(timeout=1)
     await context.add_stream(StreamConfig(name="TESTOUT", subjects=["repolens.events.out.>"]))
     async with engine.begin() as conn:
         await add_event(conn, outbox, subject="repolens.events.out.one", envelope=_event("1"))
-    own_nats.stop()  # type: ignore[attr-defined]
+    own_nats.stop()
     relay = OutboxRelay(engine=engine, table=outbox, js=context, publish_timeout_s=0.5)
     with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the client raises while the server is away
         await relay.relay_once()
     async with engine.connect() as conn:
         unsent = (await conn.execute(sa.select(sa.func.count()).where(outbox.c.published_at.is_(None)))).scalar()
     assert unsent == 1
-    own_nats.start()  # type: ignore[attr-defined]
+    own_nats.start()
 
     async def sent() -> bool:
         try:

@@ -7,11 +7,11 @@ import uuid
 
 import grpc
 import sqlalchemy as sa
-from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.common.config import CommonSettings
 from libs.devstack.servers import EmbeddedNats
+from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from tests.integration.conftest import eventually, start_services
 
 

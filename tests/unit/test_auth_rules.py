@@ -57,7 +57,9 @@ def test_refresh_tokens_are_random_and_stored_as_hashes() -> None:
 def test_private_key_opens_only_with_its_master_key_and_reseals() -> None:
     old, new = bytes(32), bytes(range(32))
     kid, public, sealed = signing.new_key_material(old)
-    key = SigningKey(kid=kid, public_key=public, private_key_encrypted=sealed, created_at=dt.datetime.now(), retired_at=None)
+    key = SigningKey(
+        kid=kid, public_key=public, private_key_encrypted=sealed, created_at=dt.datetime.now(), retired_at=None
+    )
     with pytest.raises(InvalidTag):
         signing.open_private_key(key, new)
     resealed = SigningKey(

@@ -62,6 +62,7 @@ class TokenVerifier:
         audience: str,
         cache_ttl_s: float = 300.0,
         refresh_min_interval_s: float = 2.0,
+        verified_cache_size: int = 10_000,
     ):
         self._fetch = fetch_jwks
         self._issuer = issuer
@@ -69,6 +70,9 @@ class TokenVerifier:
         self._cache_ttl_s = cache_ttl_s
         self._refresh_min_interval_s = refresh_min_interval_s
         self._keys: dict[str, Any] = {}
+        # Clients send the same token for its whole life: its signature need not be checked every time.
+        self._verified: dict[str, AccessClaims] = {}
+        self._verified_max = verified_cache_size
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -87,6 +91,8 @@ class TokenVerifier:
             for jwk in jwks:
                 if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and jwk.get("kid"):
                     keys[str(jwk["kid"])] = OKPAlgorithm.from_jwk(dict(jwk))
+            if set(keys) != set(self._keys):
+                self._verified.clear()
             self._keys = keys
             self._fetched_at = time.monotonic()
             log.info("jwks.refreshed", kids=sorted(keys))
@@ -110,6 +116,18 @@ class TokenVerifier:
         return key
 
     async def verify(self, token: str) -> AccessClaims:
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at > time.time():
+            return cached
+        claims = await self._verify(token)
+        if len(self._verified) >= self._verified_max:
+            # Oldest first (dicts keep insertion order); expired entries go with them.
+            for stale in list(self._verified)[: self._verified_max // 10 or 1]:
+                del self._verified[stale]
+        self._verified[token] = claims
+        return claims
+
+    async def _verify(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common import errors
+from libs.common.db import autocommit
 from libs.common.errors import AppError
 from libs.common.events import new_id, timestamp, unpack
 from libs.common.outbox import emit
@@ -58,6 +59,10 @@ class Auth:
     refresh_ttl_s: int
     keyring: Keyring = field(default_factory=Keyring)
     on_events: Any = None  # called after a commit that wrote events (wakes the outbox relay)
+    reads: AsyncEngine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = autocommit(self.engine)
 
     def events_written(self) -> None:
         if self.on_events is not None:
@@ -170,7 +175,7 @@ async def login(*, auth: Auth, username: str, password: str) -> Tokens:
     """Tokens for the user's last used tenant (or the personal one) in a new session."""
     if auth.keyring.signer is None:
         raise AppError(errors.KEYS_UNAVAILABLE)
-    async with auth.engine.connect() as conn:
+    async with auth.reads.connect() as conn:
         user = await repo.user_by_username(conn, username.strip())
     # The same argon2 work whether or not the user exists: no timing oracle for usernames.
     if not await auth.passwords.verify(user.password_hash if user else None, password) or user is None:
@@ -267,7 +272,7 @@ async def logout(*, auth: Auth, refresh_token: str) -> None:
 
 async def me(*, auth: Auth, claims: AccessClaims) -> Me:
     """The caller, checked against the database: a revoked session or inactive user gets nothing."""
-    async with auth.engine.connect() as conn:
+    async with auth.reads.connect() as conn:
         found = await repo.user_with_session(conn, user_id=claims.user_id, session_id=claims.session_id)
     if found is None:
         raise AppError(errors.INVALID_TOKEN)

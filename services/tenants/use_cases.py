@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common import errors
+from libs.common.db import autocommit
 from libs.common.errors import AppError
 from libs.common.events import unpack
 from libs.common.outbox import emit
@@ -36,6 +37,10 @@ class Tenants:
     """What the use cases need, built once in main."""
 
     engine: AsyncEngine
+    reads: AsyncEngine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = autocommit(self.engine)
 
 
 async def _emit(conn: AsyncConnection, *, event_type: str, payload: Any, actor_id: str, tenant_id: str) -> None:
@@ -98,7 +103,7 @@ async def list_my_tenants(*, tenants: Tenants, claims: AccessClaims, page_size: 
         raise AppError(errors.VALIDATION, details={"field": "limit", "reason": f"1-{PAGE_SIZE_MAX}"})
     limit = page_size or PAGE_SIZE_DEFAULT
     after = decode_cursor(cursor) if cursor else None
-    async with tenants.engine.connect() as conn:
+    async with tenants.reads.connect() as conn:
         rows = await repo.memberships_of_user(conn, user_id=claims.user_id, after=after, limit=limit + 1)
     items = rows[:limit]
     return Page(items=items, next_cursor=items[-1].tenant.id if len(rows) > limit else None)
@@ -110,7 +115,7 @@ async def get_tenant(*, tenants: Tenants, claims: AccessClaims, tenant_id: str) 
         wanted = uuid.UUID(tenant_id)
     except ValueError:
         raise AppError(errors.TENANT_NOT_FOUND) from None
-    async with tenants.engine.connect() as conn:
+    async with tenants.reads.connect() as conn:
         membership = await repo.membership_of_user(conn, user_id=claims.user_id, tenant_id=wanted)
     if membership is None:
         raise AppError(errors.TENANT_NOT_FOUND)

@@ -155,3 +155,15 @@ def test_bearer_header_must_carry_a_token(header: str | None) -> None:
 
 def test_bearer_scheme_is_case_insensitive() -> None:
     assert bearer_token("bearer abc.def.ghi") == "abc.def.ghi"
+
+
+async def test_verified_tokens_are_remembered_until_their_key_is_withdrawn() -> None:
+    key, signer = _key()
+    keys = KeySet(key)
+    verifier = _verifier(keys)
+    token = _token(signer)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) is first  # served from the cache
+    keys.keys.clear()
+    await verifier.refresh(force=True)
+    await _refused(verifier, token)

@@ -18,6 +18,7 @@ from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
 from libs.common.jwks import grpc_jwks_fetcher
+from libs.common.logging import error_text
 from libs.common.revocation import RevocationFeed, RevocationList
 from libs.common.tokens import TokenVerifier
 from repolens.auth.v1 import auth_pb2_grpc
@@ -55,7 +56,7 @@ async def _follow_revocations(settings: GatewaySettings, revocations: Revocation
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("revocations.unavailable", error=str(exc) or type(exc).__name__)
+                log.warning("revocations.unavailable", error=error_text(exc))
                 if nc is not None:
                     await nc.close()
                 nc, feed = None, None
@@ -97,7 +98,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             await verifier.refresh()
         except Exception as exc:  # auth not up yet: readiness says so, and the first request retries
-            log.warning("jwks.unavailable", error=str(exc) or type(exc).__name__)
+            log.warning("jwks.unavailable", error=error_text(exc))
         log.info("gateway.started")
         try:
             yield

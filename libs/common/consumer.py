@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common.events import DEAD_LETTER_SUBJECT_PREFIX, EVENTS_STREAM
+from libs.common.logging import error_text
 from repolens.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -99,7 +100,7 @@ class EventConsumer:
                 raise
             except Exception as exc:
                 # NATS away or the consumer gone: back off, subscribe again.
-                log.warning("consumer.fetch_failed", durable=self._durable, error=str(exc) or type(exc).__name__)
+                log.warning("consumer.fetch_failed", durable=self._durable, error=error_text(exc))
                 subscription = None
                 await asyncio.sleep(1.0)
                 continue
@@ -121,7 +122,7 @@ class EventConsumer:
                 durable=self._durable,
                 subject=message.subject,
                 attempt=attempts,
-                error=str(exc) or type(exc).__name__,
+                error=error_text(exc),
             )
             if attempts >= self._max_deliver:
                 await self._dead_letter(message, exc)

@@ -54,3 +54,12 @@ def configure_logging(settings: CommonSettings, *, service: str) -> None:
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)  # type: ignore[no-any-return]
+
+
+def error_text(exc: BaseException) -> str:
+    """A short, single-line account of an exception for a log field (gRPC errors as code and details)."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{getattr(code(), 'name', code())}: {details()}"
+    return str(exc) or type(exc).__name__

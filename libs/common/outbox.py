@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common.events import make_envelope, subject_for
+from libs.common.logging import error_text
 from repolens.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -156,7 +157,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("outbox.relay_failed", error=str(exc) or type(exc).__name__)
+                log.warning("outbox.relay_failed", error=error_text(exc))
                 backoff = min(backoff * 2, 5.0)
                 await asyncio.sleep(backoff)
                 continue

@@ -15,6 +15,7 @@ from jwt.algorithms import OKPAlgorithm
 
 from libs.common import errors
 from libs.common.errors import AppError
+from libs.common.logging import error_text
 
 ALGORITHM = "EdDSA"
 REQUIRED_CLAIMS = ["sub", "tid", "role", "sid", "jti", "iss", "aud", "iat", "exp"]
@@ -102,13 +103,13 @@ class TokenVerifier:
             try:
                 await self.refresh()
             except Exception as exc:  # keep verifying with the cached keys while auth is away
-                log.warning("jwks.refresh_failed", error=str(exc) or type(exc).__name__)
+                log.warning("jwks.refresh_failed", error=error_text(exc))
         key = self._keys.get(kid)
         if key is None:
             try:
                 await self.refresh()
             except Exception as exc:
-                log.warning("jwks.refresh_failed", error=str(exc) or type(exc).__name__)
+                log.warning("jwks.refresh_failed", error=error_text(exc))
                 raise AppError(errors.INVALID_TOKEN) from exc
             key = self._keys.get(kid)
         if key is None:

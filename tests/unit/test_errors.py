@@ -29,3 +29,20 @@ def test_app_error_keeps_code_message_and_details() -> None:
     assert error.code == "ERR_VALIDATION_001"
     assert error.message == "Request validation failed"
     assert error.details == {"field": "username"}
+
+
+def test_error_text_is_short_for_grpc_errors_and_plain_exceptions() -> None:
+    import grpc
+
+    from libs.common.logging import error_text
+
+    class FakeRpcError(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return "connection refused"
+
+    assert error_text(FakeRpcError()) == "UNAVAILABLE: connection refused"
+    assert error_text(TimeoutError()) == "TimeoutError"
+    assert error_text(ValueError("bad")) == "bad"

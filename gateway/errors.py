@@ -52,8 +52,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.spec.http_status == 401 else None
+        details: dict[str, Any] = dict(exc.details)
+        if exc.spec is errors.VALIDATION and "field" in details:
+            # A service found it: the same shape as the gateway's own validation errors.
+            details = {"fields": [{"field": details["field"], "type": "invalid", "message": details.get("reason")}]}
         return error_response(
-            exc.spec, request_id=_request_id(request), message=exc.message, details=exc.details, headers=headers
+            exc.spec, request_id=_request_id(request), message=exc.message, details=details, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 
 import grpc
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.deps import BackendsDep
 from gateway.schemas import HealthOut
-from repolens.auth.v1 import auth_pb2
+from libs.common import errors
+from libs.common.errors import AppError
 
 router = APIRouter(tags=["health"])
 
@@ -51,9 +52,13 @@ async def ready(backends: BackendsDep) -> Response:
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)")
-async def jwks(request: Request, backends: BackendsDep) -> Response:
-    reply: auth_pb2.GetJwksResponse = await backends.call(
-        backends.auth.GetJwks, auth_pb2.GetJwksRequest(), request=request
-    )
-    keys = [{f: getattr(k, f) for f in ("kty", "crv", "x", "kid", "alg", "use")} for k in reply.keys]
+async def jwks(backends: BackendsDep) -> Response:
+    """The gateway's cached copy: an anonymous endpoint must not turn into load on the auth service."""
+    if not backends.verifier.jwks:
+        try:
+            await backends.verifier.refresh()
+        except Exception:
+            raise AppError(errors.UPSTREAM_UNAVAILABLE) from None
+    fields = ("kty", "crv", "x", "kid", "alg", "use")
+    keys = [{f: key[f] for f in fields if f in key} for key in backends.verifier.jwks]
     return JSONResponse({"keys": keys}, headers={"Cache-Control": "public, max-age=300"})

@@ -105,7 +105,10 @@ class EventConsumer:
                 await asyncio.sleep(1.0)
                 continue
             for message in messages:
-                await self.handle(message)
+                try:
+                    await self.handle(message)
+                except Exception as exc:  # could not even settle it: JetStream redelivers after ack_wait
+                    log.warning("consumer.settle_failed", durable=self._durable, error=error_text(exc))
 
     async def handle(self, message: Msg) -> None:
         """Applies one message and settles it (ack, nak with delay, or dead-letter)."""

@@ -71,6 +71,7 @@ class TokenVerifier:
         self._cache_ttl_s = cache_ttl_s
         self._refresh_min_interval_s = refresh_min_interval_s
         self._keys: dict[str, Any] = {}
+        self.jwks: list[dict[str, Any]] = []
         # Clients send the same token for its whole life: its signature need not be checked every time.
         self._verified: dict[str, AccessClaims] = {}
         self._verified_max = verified_cache_size
@@ -95,6 +96,7 @@ class TokenVerifier:
             if set(keys) != set(self._keys):
                 self._verified.clear()
             self._keys = keys
+            self.jwks = [dict(jwk) for jwk in jwks if str(jwk.get("kid")) in keys]
             self._fetched_at = time.monotonic()
             log.info("jwks.refreshed", kids=sorted(keys))
 

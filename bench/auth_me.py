@@ -95,7 +95,7 @@ async def load(base_url: str, token: str, *, seconds: float, connections: int) -
 
 
 @contextlib.contextmanager
-def _own_stack() -> Iterator[str]:
+def _own_stack(log_level: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="repolens-bench-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg", database="repolens", delete_on_stop=True)
         nats = EmbeddedNats(Path(tmp) / "nats")
@@ -103,7 +103,8 @@ def _own_stack() -> Iterator[str]:
         nats.start()
         try:
             log = Path(tmp) / "stack.log"
-            extra = {"LOG_LEVEL": "WARNING"}
+            # JSON lines to a file, as in production.
+            extra = {"LOG_LEVEL": log_level, "LOG_JSON": "true"}
             with Stack(postgres.url, nats.url, environment="test", extra_env=extra, log_file=log) as stack:
                 yield stack.gateway_url
         finally:
@@ -116,9 +117,10 @@ def main() -> int:
     parser.add_argument("--url", help="a running gateway; without it the script starts its own stack")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--log-level", default="INFO", help="of the stack this script starts (default INFO)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        base_url = args.url or stack.enter_context(_own_stack())
+        base_url = args.url or stack.enter_context(_own_stack(args.log_level))
         token = _token(base_url)
         asyncio.run(load(base_url, token, seconds=2, connections=args.connections))  # warm-up
         result = asyncio.run(load(base_url, token, seconds=args.seconds, connections=args.connections))

@@ -14,6 +14,7 @@ from gateway.deps import Backends
 from gateway.errors import install_error_handlers
 from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from gateway.routes import auth, health, tenants
+from gateway.routes import settings as settings_routes
 from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
@@ -120,6 +121,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth.router)
     app.include_router(tenants.router)
+    app.include_router(settings_routes.router)
     app.include_router(health.router)
     # Outermost last: the request id exists before the limits answer.
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Request(BaseModel):
@@ -159,3 +159,135 @@ class ErrorOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     checks: dict[str, bool] = Field(default_factory=dict)
+
+
+_SLUG = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$"
+Role = Literal["owner", "admin", "member", "viewer"]
+
+
+class CreateTenantBody(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Acme Corp", "slug": "acme"}]})
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    slug: Annotated[str, Field(pattern=_SLUG)]
+
+
+class UpdateTenantBody(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Acme Corporation"}]})
+    name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    slug: Annotated[str | None, Field(pattern=_SLUG)] = None
+
+
+class DeletedTenantOut(BaseModel):
+    tenant_id: str
+    status: str
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    username: str
+    email: str
+    full_name: str
+    role: str
+    joined_at: dt.datetime
+
+
+class MemberPage(BaseModel):
+    items: list[MemberOut]
+    next_cursor: str | None
+
+
+class UpdateMemberBody(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "admin"}]})
+    role: Role
+
+
+class InvitationBody(Request):
+    """Name the invitee by `username` or by `email`, not both."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"username": "bob", "role": "member"}, {"email": "bob@example.com", "role": "viewer"}]
+        }
+    )
+    username: Annotated[str | None, Field(min_length=3, max_length=40)] = None
+    email: Annotated[str | None, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] = None
+    role: Role
+
+    @model_validator(mode="after")
+    def _one_invitee(self) -> InvitationBody:
+        if (self.username is None) == (self.email is None):
+            raise ValueError("give either username or email")
+        return self
+
+
+class InvitationOut(BaseModel):
+    id: str
+    tenant_id: str
+    invitee: str
+    role: str
+    expires_at: dt.datetime
+    token: str = Field(description="Single use; hand it to the invitee, who accepts it with their own token")
+
+
+class SwitchTenantBody(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tenant_id": "01937a2e-7c41-7b51-9d8e-3f1c2b4a5d6f"}]})
+    tenant_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class QualityGateBody(Request):
+    max_function_complexity: Annotated[int, Field(ge=1, le=1_000_000)]
+    max_high_findings: Annotated[int, Field(ge=0, le=1_000_000)]
+    max_secrets: Annotated[int, Field(ge=0, le=1_000_000)]
+    max_file_lines: Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class SecretOut(BaseModel):
+    set: bool
+    masked: str | None
+
+
+class SettingsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "github_token": {"set": True, "masked": "ghp_...a1b2"},
+                    "anthropic_api_key": {"set": True, "masked": "sk-ant-...abcd"},
+                    "openai_api_key": {"set": False, "masked": None},
+                    "llm_provider": "anthropic",
+                    "llm_model": "claude-sonnet-4-5",
+                    "quality_gate": {
+                        "max_function_complexity": 15,
+                        "max_high_findings": 0,
+                        "max_secrets": 0,
+                        "max_file_lines": 1000,
+                    },
+                    "allowed_hosts": ["github.com"],
+                    "updated_at": "2026-11-26T08:00:00Z",
+                }
+            ]
+        }
+    )
+    github_token: SecretOut
+    anthropic_api_key: SecretOut
+    openai_api_key: SecretOut
+    llm_provider: str
+    llm_model: str
+    quality_gate: dict[str, int]
+    allowed_hosts: list[str]
+    updated_at: dt.datetime | None
+
+
+class SettingsPatch(Request):
+    """Only the fields present change. Secrets are write-only; `null` or `""` clears one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"anthropic_api_key": "sk-ant-api03-...", "llm_provider": "anthropic"}]}
+    )
+    github_token: Annotated[str | None, Field(max_length=512)] = None
+    anthropic_api_key: Annotated[str | None, Field(max_length=512)] = None
+    openai_api_key: Annotated[str | None, Field(max_length=512)] = None
+    llm_provider: Literal["none", "anthropic", "openai"] | None = None
+    llm_model: Annotated[str | None, Field(max_length=100)] = None
+    quality_gate: QualityGateBody | None = None
+    allowed_hosts: Annotated[list[Annotated[str, Field(max_length=253)]] | None, Field(max_length=50)] = None

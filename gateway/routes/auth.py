@@ -9,7 +9,17 @@ from fastapi import APIRouter, Request, Response, status
 from google.protobuf.json_format import MessageToDict
 
 from gateway.deps import BackendsDep, CurrentCaller
-from gateway.schemas import ErrorOut, LoginBody, MeOut, RefreshBody, RegisterBody, RegisteredOut, TokensOut, UserOut
+from gateway.schemas import (
+    ErrorOut,
+    LoginBody,
+    MeOut,
+    RefreshBody,
+    RegisterBody,
+    RegisteredOut,
+    SwitchTenantBody,
+    TokensOut,
+    UserOut,
+)
 from repolens.auth.v1 import auth_pb2
 
 router = APIRouter(prefix="/api/v2/auth", tags=["auth"])
@@ -92,6 +102,24 @@ async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) ->
 async def logout(body: RefreshBody, request: Request, backends: BackendsDep) -> Response:
     await backends.call(backends.auth.Logout, auth_pb2.LogoutRequest(refresh_token=body.refresh_token), request=request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/switch-tenant",
+    response_model=TokensOut,
+    responses={**_ERRORS, **_UNAUTHORIZED, 404: {"model": ErrorOut, "description": "Not a tenant of yours"}},
+    summary="Tokens for another tenant the caller belongs to",
+)
+async def switch_tenant(
+    body: SwitchTenantBody, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> TokensOut:
+    reply: auth_pb2.SwitchTenantResponse = await backends.call(
+        backends.auth.SwitchTenant,
+        auth_pb2.SwitchTenantRequest(tenant_id=body.tenant_id),
+        request=request,
+        token=caller.token,
+    )
+    return _tokens(reply.tokens)
 
 
 @router.get("/me", response_model=MeOut, responses=_UNAUTHORIZED, summary="The caller, its tenant and role")

@@ -174,10 +174,40 @@ class AuthSettings(GrpcServiceSettings):
         return problems
 
 
+DEVELOPMENT_SERVICE_TOKEN = "development-analysis-service-token"  # noqa: S105 - refused in production
+
+
 class TenantsSettings(GrpcServiceSettings):
     """The tenants service."""
 
     grpc_port: int = Field(default=50052, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    tenants_master_key: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_MASTER_KEY), description="base64 of 32 bytes; wraps the tenants' data keys"
+    )
+    invitation_ttl_s: int = Field(default=7 * 86400, ge=60, description="How long an invitation can be accepted")
+    internal_service_tokens: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"analysis": SecretStr(DEVELOPMENT_SERVICE_TOKEN)},
+        description="Service name to credential (JSON) for the internal RPCs",
+    )
+
+    @field_validator("tenants_master_key")
+    @classmethod
+    def _key_shape(cls, value: SecretStr) -> SecretStr:
+        decode_master_key(value.get_secret_value())
+        return value
+
+    @property
+    def master_key(self) -> bytes:
+        return decode_master_key(self.tenants_master_key.get_secret_value())
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if self.tenants_master_key.get_secret_value() == DEVELOPMENT_MASTER_KEY:
+            problems.append("TENANTS_MASTER_KEY is missing or the development default")
+        for name, token in self.internal_service_tokens.items():
+            if token.get_secret_value() == DEVELOPMENT_SERVICE_TOKEN or len(token.get_secret_value()) < 32:
+                problems.append(f"INTERNAL_SERVICE_TOKENS[{name}] is the development default or shorter than 32")
+        return problems
 
 
 class GatewaySettings(CommonSettings):

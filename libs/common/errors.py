@@ -109,6 +109,55 @@ TENANT_NOT_FOUND = _define(
     "ERR_TENANT_001", 404, _C.NOT_FOUND, "Tenant not found", "It does not exist or the caller is not a member."
 )
 
+FORBIDDEN = _define(
+    "ERR_TENANT_002",
+    403,
+    _C.PERMISSION_DENIED,
+    "Your role in this tenant does not allow this",
+    "See docs/permissions.md for what each role may do.",
+)
+SLUG_TAKEN = _define("ERR_TENANT_003", 409, _C.ALREADY_EXISTS, "Slug already taken", "Tenant slugs are unique.")
+LAST_OWNER = _define(
+    "ERR_TENANT_004",
+    409,
+    _C.FAILED_PRECONDITION,
+    "A tenant keeps at least one owner",
+    "Make someone else owner first.",
+)
+PERSONAL_TENANT = _define(
+    "ERR_TENANT_005",
+    409,
+    _C.FAILED_PRECONDITION,
+    "Not possible on a personal tenant",
+    "A personal tenant has only its owner and is deleted only with its user.",
+)
+MEMBER_NOT_FOUND = _define(
+    "ERR_TENANT_006", 404, _C.NOT_FOUND, "Member not found", "No such user among this tenant's members."
+)
+ALREADY_MEMBER = _define(
+    "ERR_TENANT_007", 409, _C.ALREADY_EXISTS, "Already a member", "The user already belongs to this tenant."
+)
+INVITATION_NOT_FOUND = _define(
+    "ERR_TENANT_008",
+    404,
+    _C.NOT_FOUND,
+    "Invitation not found",
+    "Unknown token, or an invitation addressed to someone else.",
+)
+INVITATION_EXPIRED = _define(
+    "ERR_TENANT_009", 410, _C.FAILED_PRECONDITION, "Invitation expired", "Ask for a new invitation."
+)
+INVITATION_USED = _define(
+    "ERR_TENANT_010", 409, _C.FAILED_PRECONDITION, "Invitation already used", "An invitation works once."
+)
+SERVICE_IDENTITY_REQUIRED = _define(
+    "ERR_SERVICE_001",
+    403,
+    _C.PERMISSION_DENIED,
+    "Service identity required",
+    "Internal calls need a known service's credential; user tokens are refused.",
+)
+
 UPSTREAM_UNAVAILABLE = _define(
     "ERR_UPSTREAM_001", 503, _C.UNAVAILABLE, "Service unavailable", "A backend service did not answer; retry."
 )

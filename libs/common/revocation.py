@@ -1,6 +1,6 @@
-"""Deny-list of revoked sessions and deactivated users, fed from auth's events.
+"""Deny-list of revoked sessions, deactivated users, removed members and deleted tenants, fed from events.
 
-Access tokens are verified offline, so a logout or a deactivation must reach every verifier:
+Access tokens are verified offline, so a logout, a deactivation or a removal must reach every verifier:
 each process replays the last `access_token_ttl_s` of revocation events at start (older
 tokens have expired anyway) and follows new ones as they come.
 """
@@ -25,17 +25,30 @@ from repolens.events.v1 import events_pb2
 
 SESSION_REVOKED = "session.revoked"
 USER_DEACTIVATED = "user.deactivated"
+MEMBERSHIP_CHANGED = "membership.changed"
+TENANT_DELETED = "tenant.deleted"
+FEED = (
+    ("auth", SESSION_REVOKED),
+    ("auth", USER_DEACTIVATED),
+    ("tenants", MEMBERSHIP_CHANGED),
+    ("tenants", TENANT_DELETED),
+)
 
 log = structlog.get_logger(__name__)
 
 
 class RevocationList:
-    """Sessions revoked and users deactivated, each kept only while tokens could still be alive."""
+    """Revoked sessions, deactivated users, removed memberships and deleted tenants.
+
+    Each entry is kept only while a token issued before it could still be alive.
+    """
 
     def __init__(self, *, access_token_ttl_s: int):
         self._ttl = access_token_ttl_s
         self._sessions: dict[uuid.UUID, float] = {}
         self._users: dict[uuid.UUID, float] = {}
+        self._memberships: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
+        self._tenants: dict[uuid.UUID, float] = {}
 
     def revoke_session(self, session_id: uuid.UUID) -> None:
         self._sessions[session_id] = time.time()
@@ -47,15 +60,21 @@ class RevocationList:
         """Raises the session-revoked error for a token that must no longer work."""
         if claims.session_id in self._sessions:
             raise AppError(errors.SESSION_REVOKED)
-        deactivated_at = self._users.get(claims.user_id)
-        # iat has whole seconds: a token from the deactivation's second is refused too.
-        if deactivated_at is not None and claims.issued_at <= deactivated_at:
-            raise AppError(errors.SESSION_REVOKED)
+        # iat has whole seconds: a token from the second of the change is refused too.
+        for changed_at in (
+            self._users.get(claims.user_id),
+            self._memberships.get((claims.user_id, claims.tenant_id)),
+            self._tenants.get(claims.tenant_id),
+        ):
+            if changed_at is not None and claims.issued_at <= changed_at:
+                raise AppError(errors.SESSION_REVOKED)
 
     def prune(self) -> None:
         horizon = time.time() - self._ttl - 60
         self._sessions = {k: v for k, v in self._sessions.items() if v > horizon}
         self._users = {k: v for k, v in self._users.items() if v > horizon}
+        self._memberships = {k: v for k, v in self._memberships.items() if v > horizon}
+        self._tenants = {k: v for k, v in self._tenants.items() if v > horizon}
 
     def apply(self, envelope: events_pb2.EventEnvelope) -> None:
         if envelope.type == SESSION_REVOKED:
@@ -63,6 +82,14 @@ class RevocationList:
         elif envelope.type == USER_DEACTIVATED:
             event = unpack(envelope, events_pb2.UserDeactivated)
             self.deactivate_user(uuid.UUID(event.user_id), event.deactivated_at.ToDatetime(dt.UTC).timestamp())
+        elif envelope.type == MEMBERSHIP_CHANGED:
+            change = unpack(envelope, events_pb2.MembershipChanged)
+            if change.removed:
+                key = (uuid.UUID(change.user_id), uuid.UUID(change.tenant_id))
+                self._memberships[key] = change.changed_at.ToDatetime(dt.UTC).timestamp()
+        elif envelope.type == TENANT_DELETED:
+            deleted = unpack(envelope, events_pb2.TenantDeleted)
+            self._tenants[uuid.UUID(deleted.tenant_id)] = deleted.deleted_at.ToDatetime(dt.UTC).timestamp()
 
 
 class RevocationFeed:
@@ -83,9 +110,9 @@ class RevocationFeed:
 
     async def start(self) -> None:
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._ttl + 60)
-        for event_type in (SESSION_REVOKED, USER_DEACTIVATED):
+        for service, event_type in FEED:
             subscription = await self._js.subscribe(
-                subject_for("auth", event_type),
+                subject_for(service, event_type),
                 stream=EVENTS_STREAM,
                 cb=self._on_message,
                 ordered_consumer=True,

@@ -277,6 +277,22 @@ async def revoke_user_sessions(conn: AsyncConnection, *, user_id: uuid.UUID, rea
     ]
 
 
+async def revoke_tenant_sessions(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, reason: str, user_id: uuid.UUID | None = None
+) -> None:
+    """Sessions in a tenant (of one user, or of everyone) end: a removal or a deletion."""
+    query = sessions.update().where(sessions.c.tenant_id == tenant_id, sessions.c.revoked_at.is_(None))
+    if user_id is not None:
+        query = query.where(sessions.c.user_id == user_id)
+    await conn.execute(query.values(revoked_at=sa.func.now(), revoked_reason=reason))
+
+
+async def forget_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    """A deleted tenant: no membership in it counts, and no login goes back to it."""
+    await conn.execute(memberships.update().where(memberships.c.tenant_id == tenant_id).values(removed=True))
+    await conn.execute(users.update().where(users.c.last_tenant_id == tenant_id).values(last_tenant_id=None))
+
+
 async def session_by_id(conn: AsyncConnection, session_id: uuid.UUID) -> Session | None:
     row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
     if row is None:

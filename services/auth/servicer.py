@@ -73,5 +73,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             user=_user(me.user), tenant_id=str(me.tenant_id), role=me.role, session_id=str(me.session_id)
         )
 
+    async def SwitchTenant(
+        self, request: auth_pb2.SwitchTenantRequest, context: Context
+    ) -> auth_pb2.SwitchTenantResponse:
+        claims = await self._identity(context)
+        tokens = await use_cases.switch_tenant(auth=self._auth, claims=claims, tenant_id=request.tenant_id)
+        return auth_pb2.SwitchTenantResponse(tokens=_tokens(tokens))
+
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Context) -> auth_pb2.GetJwksResponse:
         return auth_pb2.GetJwksResponse(keys=[auth_pb2.Jwk(**key) for key in self._auth.keyring.jwks])

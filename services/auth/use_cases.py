@@ -183,27 +183,69 @@ async def login(*, auth: Auth, username: str, password: str) -> Tokens:
     if not user.is_active:
         raise AppError(errors.USER_INACTIVE)
     new_hash = await auth.passwords.hash(password) if auth.passwords.needs_rehash(user.password_hash) else None
-    session_id = new_id()
     async with auth.engine.begin() as conn:
         membership = await _tenant_for_login(conn, user)
         if new_hash is not None:
             await repo.set_password_hash(conn, user_id=user.id, password_hash=new_hash)
-        await repo.add_session(
-            conn,
-            Session(
-                id=session_id,
-                user_id=user.id,
-                tenant_id=membership.tenant_id,
-                expires_at=_now() + dt.timedelta(seconds=auth.refresh_ttl_s),
-                revoked_at=None,
-            ),
-        )
-        refresh_token = await _issue_refresh_token(conn, auth=auth, session_id=session_id)
-        if user.last_tenant_id != membership.tenant_id:
-            await repo.set_last_tenant(conn, user_id=user.id, tenant_id=membership.tenant_id)
+        session_id, refresh_token = await _open_session(conn, auth=auth, user_id=user.id, membership=membership)
     log.info("user.logged_in", user_id=str(user.id), tenant_id=str(membership.tenant_id))
     return Tokens(
         access_token=_sign(auth, user_id=user.id, membership=membership, session_id=session_id),
+        refresh_token=refresh_token,
+        expires_in=auth.access_ttl_s,
+        tenant_id=membership.tenant_id,
+    )
+
+
+async def _open_session(
+    conn: AsyncConnection, *, auth: Auth, user_id: uuid.UUID, membership: Membership
+) -> tuple[uuid.UUID, str]:
+    session_id = new_id()
+    await repo.add_session(
+        conn,
+        Session(
+            id=session_id,
+            user_id=user_id,
+            tenant_id=membership.tenant_id,
+            expires_at=_now() + dt.timedelta(seconds=auth.refresh_ttl_s),
+            revoked_at=None,
+        ),
+    )
+    refresh_token = await _issue_refresh_token(conn, auth=auth, session_id=session_id)
+    await repo.set_last_tenant(conn, user_id=user_id, tenant_id=membership.tenant_id)
+    return session_id, refresh_token
+
+
+SWITCH_WAIT_S = 1.0
+
+
+async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> Tokens:
+    """Tokens for another tenant of the caller, in a new session; the current one stays as it is.
+
+    Memberships reach auth by event, so one accepted a moment ago may not be here yet: wait a
+    little for it before answering not found.
+    """
+    if auth.keyring.signer is None:
+        raise AppError(errors.KEYS_UNAVAILABLE)
+    try:
+        wanted = uuid.UUID(tenant_id)
+    except ValueError:
+        raise AppError(errors.TENANT_NOT_FOUND) from None
+    await me(auth=auth, claims=claims)  # the caller's own session must still be good
+    deadline = asyncio.get_running_loop().time() + SWITCH_WAIT_S
+    while True:
+        async with auth.reads.connect() as conn:
+            membership = await repo.membership(conn, user_id=claims.user_id, tenant_id=wanted)
+        if membership is not None or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    if membership is None:
+        raise AppError(errors.TENANT_NOT_FOUND)
+    async with auth.engine.begin() as conn:
+        session_id, refresh_token = await _open_session(conn, auth=auth, user_id=claims.user_id, membership=membership)
+    log.info("user.switched_tenant", tenant_id=str(wanted))
+    return Tokens(
+        access_token=_sign(auth, user_id=claims.user_id, membership=membership, session_id=session_id),
         refresh_token=refresh_token,
         expires_in=auth.access_ttl_s,
         tenant_id=membership.tenant_id,
@@ -307,9 +349,21 @@ async def set_user_active(*, auth: Auth, username: str, active: bool) -> User:
 # Membership projection
 
 
+async def apply_tenant_deleted(conn: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
+    """Consumer of `tenant.deleted`: its sessions end and nobody signs in to it again."""
+    event = unpack(envelope, events_pb2.TenantDeleted)
+    tenant_id = uuid.UUID(event.tenant_id)
+    await repo.revoke_tenant_sessions(conn, tenant_id=tenant_id, reason="tenant_deleted")
+    await repo.forget_tenant(conn, tenant_id)
+
+
 async def apply_membership_changed(conn: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
-    """Consumer of `membership.changed`: keeps the roles auth puts into tokens."""
+    """Consumer of `membership.changed`: keeps the roles auth puts into tokens; a removal ends the sessions."""
     event = unpack(envelope, events_pb2.MembershipChanged)
+    if event.removed:
+        await repo.revoke_tenant_sessions(
+            conn, tenant_id=uuid.UUID(event.tenant_id), user_id=uuid.UUID(event.user_id), reason="membership_removed"
+        )
     await repo.upsert_membership(
         conn,
         Membership(

@@ -1,23 +1,27 @@
-"""`python -m services.tenants serve | migrate [up|down]`."""
+"""`python -m services.tenants serve | migrate [up|down] | keys rewrap --old-master-key-file FILE`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import sys
 from pathlib import Path
 
-from libs.common.config import TenantsSettings
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.common.config import TenantsSettings, decode_master_key
+from libs.common.db import create_engine
 from libs.common.grpc_client import open_channel
-from libs.common.identity import CallerIdentity
+from libs.common.identity import CallerIdentity, ServiceIdentity
 from libs.common.jwks import grpc_jwks_fetcher
 from libs.common.logging import configure_logging
 from libs.common.revocation import RevocationFeed, RevocationList
 from libs.common.service import Runtime, ServiceSpec, add_common_commands, migrate, run_async, serve
 from libs.common.tokens import TokenVerifier
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
-from services.tenants import consumers, repository
-from services.tenants.servicer import TenantsServicer
+from services.tenants import consumers, repository, use_cases
+from services.tenants.servicer import TenantsInternalServicer, TenantsServicer
 from services.tenants.use_cases import Tenants
 
 SPEC = ServiceSpec(
@@ -26,10 +30,21 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     outbox=repository.outbox,
     inbox=repository.inbox,
-    grpc_service_names=[tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"].full_name],
+    grpc_service_names=[
+        tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"].full_name,
+        tenants_pb2.DESCRIPTOR.services_by_name["TenantsInternalService"].full_name,
+    ],
     consumer_subjects=consumers.SUBJECTS,
     consumer_handlers=consumers.HANDLERS,
 )
+
+
+def build_tenants(settings: TenantsSettings, engine: AsyncEngine) -> Tenants:
+    return Tenants(
+        engine=engine,
+        master_key=settings.master_key,
+        invitation_ttl=dt.timedelta(seconds=settings.invitation_ttl_s),
+    )
 
 
 async def serve_tenants(settings: TenantsSettings, stop: asyncio.Event | None = None) -> None:
@@ -48,11 +63,16 @@ async def serve_tenants(settings: TenantsSettings, stop: asyncio.Event | None = 
         revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
         feed = RevocationFeed(js=runtime.js, revocations=revocations, access_token_ttl_s=settings.access_token_ttl_s)
         await feed.start()
-        servicer = TenantsServicer(
-            tenants=Tenants(engine=runtime.engine),
-            identity=CallerIdentity(verifier=verifier, revocations=revocations),
+        tenants = build_tenants(settings, runtime.engine)
+        tenants.on_events = runtime.relay.notify
+        identity = CallerIdentity(verifier=verifier, revocations=revocations)
+        tenants_pb2_grpc.add_TenantsServiceServicer_to_server(
+            TenantsServicer(tenants=tenants, identity=identity), runtime.server.server
         )
-        tenants_pb2_grpc.add_TenantsServiceServicer_to_server(servicer, runtime.server.server)
+        services = ServiceIdentity({n: t.get_secret_value() for n, t in settings.internal_service_tokens.items()})
+        tenants_pb2_grpc.add_TenantsInternalServiceServicer_to_server(
+            TenantsInternalServicer(tenants=tenants, services=services), runtime.server.server
+        )
 
     try:
         await serve(SPEC, settings, wire, stop=stop)
@@ -62,16 +82,33 @@ async def serve_tenants(settings: TenantsSettings, stop: asyncio.Event | None = 
         await auth_channel.close()
 
 
+async def _rewrap(settings: TenantsSettings, old_key_file: str) -> int:
+    old_text = await asyncio.to_thread(Path(old_key_file).read_text, encoding="utf-8")
+    engine = create_engine(settings, application_name="tenants-cli")
+    try:
+        tenants = build_tenants(settings, engine)
+        return await use_cases.rewrap_data_keys(tenants=tenants, old_master_key=decode_master_key(old_text.strip()))
+    finally:
+        await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.tenants", description=__doc__)
-    add_common_commands(parser.add_subparsers(dest="command", required=True))
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_common_commands(subparsers)
+    keys = subparsers.add_parser("keys", help="tenant data keys")
+    keys.add_argument("action", choices=["rewrap"])
+    keys.add_argument("--old-master-key-file", required=True, help="file holding the previous TENANTS_MASTER_KEY")
     args = parser.parse_args(argv)
     settings = TenantsSettings()
     configure_logging(settings, service="tenants")
     if args.command == "serve":
         run_async(serve_tenants(settings))
-    else:
+    elif args.command == "migrate":
         migrate(SPEC, settings, args)
+    else:
+        count = asyncio.run(_rewrap(settings, args.old_master_key_file))
+        print(f"rewrapped {count} tenant data keys under the current TENANTS_MASTER_KEY")
     return 0
 
 

@@ -1,22 +1,61 @@
-"""Tenants and memberships: the organisations users act in, and their roles there."""
+"""Tenants, memberships, invitations and settings: the organisations users act in, and the rules there."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from libs.common import errors
+from libs.common.errors import AppError
+
+T = TypeVar("T")
 
 ROLES = ("owner", "admin", "member", "viewer")
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 100
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38})[a-z0-9]$")
+NAME_MAX = 100
+HOST = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+LLM_PROVIDERS = ("none", "anthropic", "openai")
+SECRET_FIELDS = ("github_token", "anthropic_api_key", "openai_api_key")
+SECRET_MAX = 512
+INVITATION_TTL = dt.timedelta(days=7)
 
 # Event types this service publishes.
 TENANT_CREATED = "tenant.created"
+TENANT_DELETED = "tenant.deleted"
 MEMBERSHIP_CHANGED = "membership.changed"
+SETTINGS_CHANGED = "settings.changed"
+
+
+def invalid(field_name: str, reason: str) -> AppError:
+    return AppError(errors.VALIDATION, details={"field": field_name, "reason": reason})
 
 
 def personal_slug(username: str) -> str:
     """Personal tenants take `~username`: `~` never appears in an organisation's slug, so they cannot clash."""
     return "~" + username.lower()
+
+
+def validate_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= NAME_MAX:
+        raise invalid("name", f"1-{NAME_MAX} characters")
+    return name
+
+
+def validate_slug(slug: str) -> str:
+    if not SLUG.fullmatch(slug):
+        raise invalid("slug", "3-40 lowercase letters, digits and '-', not starting or ending with '-'")
+    return slug
+
+
+def validate_role(role: str) -> str:
+    if role not in ROLES:
+        raise invalid("role", "one of owner, admin, member, viewer")
+    return role
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +74,123 @@ class TenantMembership:
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    items: list[TenantMembership]
+class Member:
+    user_id: uuid.UUID
+    username: str
+    email: str
+    full_name: str
+    role: str
+    joined_at: dt.datetime
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    invitee: str
+    role: str
+    invited_by: uuid.UUID
+    expires_at: dt.datetime
+    accepted_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
     next_cursor: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class QualityGate:
+    """Defaults: what a team that cares, but is not yet perfect, would accept."""
+
+    max_function_complexity: int = 15
+    max_high_findings: int = 0
+    max_secrets: int = 0
+    max_file_lines: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A stored secret: ciphertext for the engine, a masked form for people."""
+
+    ciphertext: bytes
+    masked: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    tenant_id: uuid.UUID
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    llm_provider: str = "none"
+    llm_model: str = ""
+    quality_gate: QualityGate = field(default_factory=QualityGate)
+    allowed_hosts: tuple[str, ...] = ("github.com",)
+    updated_at: dt.datetime | None = None
+
+
+def mask(secret: str) -> str:
+    """`sk-ant-api03-...` → `sk-ant-...abcd`: the vendor prefix and the last four characters, nothing more."""
+    prefix = re.match(r"^(?:[A-Za-z]{2,4}[-_]){1,2}", secret)
+    head = prefix.group(0) if prefix and len(secret) - len(prefix.group(0)) >= 8 else ""
+    tail = secret[-4:] if len(secret) >= 12 else ""
+    return f"{head}...{tail}"
+
+
+def validate_secret(field_name: str, value: str) -> str:
+    if len(value) > SECRET_MAX or any(ch.isspace() for ch in value):
+        # The reason never quotes the value.
+        raise invalid(field_name, f"at most {SECRET_MAX} characters, no spaces")
+    return value
+
+
+def validate_hosts(hosts: list[str]) -> tuple[str, ...]:
+    cleaned = []
+    for host in hosts:
+        lowered = host.strip().lower()
+        if not HOST.fullmatch(lowered):
+            raise invalid("allowed_hosts", "host names only, like github.com (no scheme, port or path)")
+        cleaned.append(lowered)
+    if len(cleaned) > 50:
+        raise invalid("allowed_hosts", "at most 50 hosts")
+    return tuple(dict.fromkeys(cleaned))
+
+
+def validate_quality_gate(gate: QualityGate) -> QualityGate:
+    for name in ("max_function_complexity", "max_high_findings", "max_secrets", "max_file_lines"):
+        if not 0 <= getattr(gate, name) <= 1_000_000:
+            raise invalid(f"quality_gate.{name}", "0-1000000")
+    if gate.max_function_complexity < 1 or gate.max_file_lines < 1:
+        raise invalid("quality_gate", "max_function_complexity and max_file_lines must be at least 1")
+    return gate
+
+
+# Permissions. The table in docs/permissions.md is generated from these rules' answers.
+
+
+def ensure_can_manage(role: str) -> None:
+    """Rename the tenant, change settings, invite: owners and admins."""
+    if role not in ("owner", "admin"):
+        raise AppError(errors.FORBIDDEN)
+
+
+def ensure_owner(role: str) -> None:
+    if role != "owner":
+        raise AppError(errors.FORBIDDEN)
+
+
+def ensure_can_grant(actor_role: str, role: str) -> None:
+    """Only an owner makes another owner; admins grant admin, member, viewer."""
+    ensure_can_manage(actor_role)
+    if role == "owner" and actor_role != "owner":
+        raise AppError(errors.FORBIDDEN)
+
+
+def ensure_can_change(actor_role: str, target_role: str, *, actor_is_target: bool) -> None:
+    """Owners change anyone; admins change anyone but owners; everyone may remove themselves."""
+    if actor_is_target:
+        return
+    ensure_can_manage(actor_role)
+    if target_role == "owner" and actor_role != "owner":
+        raise AppError(errors.FORBIDDEN)

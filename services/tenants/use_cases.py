@@ -1,10 +1,17 @@
-"""Tenants operations: the personal tenant of a new user, and the caller's tenants."""
+"""Tenants operations: organisations, members, invitations, settings, deletion, and the personal tenant."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
+import datetime as dt
+import hashlib
+import secrets as random
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,22 +21,48 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from libs.common import errors
 from libs.common.db import autocommit
 from libs.common.errors import AppError
-from libs.common.events import unpack
+from libs.common.events import new_id, timestamp, unpack
 from libs.common.outbox import emit
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
 from services.tenants import repository as repo
+from services.tenants import secrets
 from services.tenants.domain import (
+    INVITATION_TTL,
+    LLM_PROVIDERS,
     MEMBERSHIP_CHANGED,
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
+    SECRET_FIELDS,
+    SETTINGS_CHANGED,
     TENANT_CREATED,
+    TENANT_DELETED,
+    Invitation,
+    Member,
     Page,
+    QualityGate,
+    Secret,
+    Settings,
     TenantMembership,
+    ensure_can_change,
+    ensure_can_grant,
+    ensure_can_manage,
+    ensure_owner,
+    invalid,
+    mask,
     personal_slug,
+    validate_hosts,
+    validate_name,
+    validate_quality_gate,
+    validate_role,
+    validate_secret,
+    validate_slug,
 )
 
 log = structlog.get_logger(__name__)
+
+INVITATION_TOKEN_PREFIX = "inv_"  # noqa: S105 - a prefix, not a secret
+SETTINGS_FIELDS = (*SECRET_FIELDS, "llm_provider", "llm_model", "quality_gate", "allowed_hosts")
 
 
 @dataclass
@@ -37,10 +70,22 @@ class Tenants:
     """What the use cases need, built once in main."""
 
     engine: AsyncEngine
+    master_key: bytes = b""
+    invitation_ttl: dt.timedelta = INVITATION_TTL
+    on_events: Callable[[], None] | None = None
     reads: AsyncEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = autocommit(self.engine)
+
+    def events_written(self) -> None:
+        if self.on_events is not None:
+            self.on_events()
+
+
+def _version() -> int:
+    """Membership versions are microsecond clocks: they keep growing across removal and re-invitation."""
+    return time.time_ns() // 1000
 
 
 async def _emit(conn: AsyncConnection, *, event_type: str, payload: Any, actor_id: str, tenant_id: str) -> None:
@@ -55,16 +100,59 @@ async def _emit(conn: AsyncConnection, *, event_type: str, payload: Any, actor_i
     )
 
 
+async def _membership_changed(
+    conn: AsyncConnection,
+    *,
+    actor: uuid.UUID,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    role: str,
+    version: int,
+    personal: bool = False,
+    removed: bool = False,
+) -> None:
+    await _emit(
+        conn,
+        event_type=MEMBERSHIP_CHANGED,
+        actor_id=str(actor),
+        tenant_id=str(tenant_id),
+        payload=events_pb2.MembershipChanged(
+            tenant_id=str(tenant_id),
+            user_id=str(user_id),
+            role="" if removed else role,
+            removed=removed,
+            personal=personal,
+            version=version,
+            changed_at=timestamp(dt.datetime.now(dt.UTC)),
+        ),
+    )
+
+
+async def _acting(conn: AsyncConnection, claims: AccessClaims, *, for_update: bool = False) -> TenantMembership:
+    """The caller's membership of the token's tenant, from the database: roles are enforced here, not trusted."""
+    membership = await repo.membership_of_user(
+        conn, user_id=claims.user_id, tenant_id=claims.tenant_id, for_update=for_update
+    )
+    if membership is None:
+        raise AppError(errors.TENANT_NOT_FOUND)
+    return membership
+
+
+# Personal tenants (consumer of user.registered)
+
+
 async def create_personal_tenant(conn: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
-    """Consumer of `user.registered`: the personal tenant (with the id auth chose) and its owner."""
+    """The personal tenant (with the id auth chose), its owner, and the user in the directory."""
     event = unpack(envelope, events_pb2.UserRegistered)
     tenant_id, user_id = uuid.UUID(event.personal_tenant_id), uuid.UUID(event.user_id)
+    await repo.upsert_user(conn, user_id=user_id, username=event.username, email=event.email, full_name=event.full_name)
     if await repo.tenant_exists(conn, tenant_id):
         return
     name = event.full_name or event.username
     slug = personal_slug(event.username)
+    version = _version()
     await repo.add_tenant(conn, tenant_id=tenant_id, name=name, slug=slug, personal=True)
-    await repo.add_membership(conn, tenant_id=tenant_id, user_id=user_id, role="owner", version=1)
+    await repo.add_membership(conn, tenant_id=tenant_id, user_id=user_id, role="owner", version=version)
     await _emit(
         conn,
         event_type=TENANT_CREATED,
@@ -74,20 +162,17 @@ async def create_personal_tenant(conn: AsyncConnection, envelope: events_pb2.Eve
             tenant_id=str(tenant_id), name=name, slug=slug, personal=True, owner_user_id=str(user_id)
         ),
     )
-    await _emit(
-        conn,
-        event_type=MEMBERSHIP_CHANGED,
-        actor_id=str(user_id),
-        tenant_id=str(tenant_id),
-        payload=events_pb2.MembershipChanged(
-            tenant_id=str(tenant_id), user_id=str(user_id), role="owner", personal=True, version=1
-        ),
+    await _membership_changed(
+        conn, actor=user_id, tenant_id=tenant_id, user_id=user_id, role="owner", version=version, personal=True
     )
     log.info("tenant.created", tenant_id=str(tenant_id), personal=True)
 
 
-def encode_cursor(tenant_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(tenant_id.bytes).decode().rstrip("=")
+# Pagination
+
+
+def encode_cursor(value: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(value.bytes).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> uuid.UUID:
@@ -97,11 +182,20 @@ def decode_cursor(cursor: str) -> uuid.UUID:
         raise AppError(errors.VALIDATION, details={"field": "cursor", "reason": "not a cursor from this API"}) from exc
 
 
-async def list_my_tenants(*, tenants: Tenants, claims: AccessClaims, page_size: int, cursor: str) -> Page:
-    """The caller's tenants with their role in each, a page at a time."""
+def _page_limit(page_size: int) -> int:
     if page_size < 0 or page_size > PAGE_SIZE_MAX:
         raise AppError(errors.VALIDATION, details={"field": "limit", "reason": f"1-{PAGE_SIZE_MAX}"})
-    limit = page_size or PAGE_SIZE_DEFAULT
+    return page_size or PAGE_SIZE_DEFAULT
+
+
+# Tenants
+
+
+async def list_my_tenants(
+    *, tenants: Tenants, claims: AccessClaims, page_size: int, cursor: str
+) -> Page[TenantMembership]:
+    """The caller's tenants with their role in each, a page at a time."""
+    limit = _page_limit(page_size)
     after = decode_cursor(cursor) if cursor else None
     async with tenants.reads.connect() as conn:
         rows = await repo.memberships_of_user(conn, user_id=claims.user_id, after=after, limit=limit + 1)
@@ -120,3 +214,324 @@ async def get_tenant(*, tenants: Tenants, claims: AccessClaims, tenant_id: str) 
     if membership is None:
         raise AppError(errors.TENANT_NOT_FOUND)
     return membership
+
+
+async def create_tenant(*, tenants: Tenants, claims: AccessClaims, name: str, slug: str) -> TenantMembership:
+    """A new organisation; the caller is its owner."""
+    name, slug = validate_name(name), validate_slug(slug)
+    tenant_id, version = new_id(), _version()
+    async with tenants.engine.begin() as conn:
+        if await repo.slug_taken(conn, slug):
+            raise AppError(errors.SLUG_TAKEN)
+        await repo.add_tenant(conn, tenant_id=tenant_id, name=name, slug=slug, personal=False)
+        await repo.add_membership(conn, tenant_id=tenant_id, user_id=claims.user_id, role="owner", version=version)
+        await _emit(
+            conn,
+            event_type=TENANT_CREATED,
+            actor_id=str(claims.user_id),
+            tenant_id=str(tenant_id),
+            payload=events_pb2.TenantCreated(
+                tenant_id=str(tenant_id), name=name, slug=slug, personal=False, owner_user_id=str(claims.user_id)
+            ),
+        )
+        await _membership_changed(
+            conn, actor=claims.user_id, tenant_id=tenant_id, user_id=claims.user_id, role="owner", version=version
+        )
+        membership = await _acting(conn, dataclasses.replace(claims, tenant_id=tenant_id))
+    tenants.events_written()
+    log.info("tenant.created", tenant_id=str(tenant_id), personal=False)
+    return membership
+
+
+async def update_current_tenant(*, tenants: Tenants, claims: AccessClaims, name: str, slug: str) -> TenantMembership:
+    """Renames the token's tenant (owners and admins); a personal tenant keeps its slug."""
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims, for_update=True)
+        ensure_can_manage(acting.role)
+        tenant = acting.tenant
+        new_name = validate_name(name) if name else tenant.name
+        new_slug = validate_slug(slug) if slug and slug != tenant.slug else tenant.slug
+        if new_slug != tenant.slug:
+            if tenant.personal:
+                raise AppError(errors.PERSONAL_TENANT)
+            if await repo.slug_taken(conn, new_slug, other_than=tenant.id):
+                raise AppError(errors.SLUG_TAKEN)
+        await repo.rename_tenant(conn, tenant_id=tenant.id, name=new_name, slug=new_slug)
+        return await _acting(conn, claims)
+
+
+async def delete_current_tenant(*, tenants: Tenants, claims: AccessClaims) -> uuid.UUID:
+    """Owner only. Marks it deleted, drops its members and its data key, and publishes tenant.deleted."""
+    now = dt.datetime.now(dt.UTC)
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims, for_update=True)
+        ensure_owner(acting.role)
+        if acting.tenant.personal:
+            raise AppError(errors.PERSONAL_TENANT)
+        member_ids = await repo.member_ids(conn, acting.tenant.id)
+        await repo.mark_deleted(conn, tenant_id=acting.tenant.id, at=now)
+        await repo.delete_memberships(conn, acting.tenant.id)
+        await repo.delete_data_key(conn, acting.tenant.id)
+        await _emit(
+            conn,
+            event_type=TENANT_DELETED,
+            actor_id=str(claims.user_id),
+            tenant_id=str(acting.tenant.id),
+            payload=events_pb2.TenantDeleted(
+                tenant_id=str(acting.tenant.id),
+                deleted_at=timestamp(now),
+                member_user_ids=[str(m) for m in member_ids],
+            ),
+        )
+    tenants.events_written()
+    log.info("tenant.deleted", tenant_id=str(acting.tenant.id))
+    return acting.tenant.id
+
+
+# Members
+
+
+async def list_members(*, tenants: Tenants, claims: AccessClaims, page_size: int, cursor: str) -> Page[Member]:
+    limit = _page_limit(page_size)
+    after = decode_cursor(cursor) if cursor else None
+    async with tenants.reads.connect() as conn:
+        await _acting(conn, claims)
+        rows = await repo.members(conn, tenant_id=claims.tenant_id, after=after, limit=limit + 1)
+    items = rows[:limit]
+    return Page(items=items, next_cursor=items[-1].user_id if len(rows) > limit else None)
+
+
+def _user_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise AppError(errors.MEMBER_NOT_FOUND) from None
+
+
+async def update_member(*, tenants: Tenants, claims: AccessClaims, user_id: str, role: str) -> Member:
+    """Changes a role; in force on the member's next token."""
+    validate_role(role)
+    target_id = _user_id(user_id)
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims, for_update=True)
+        target = await repo.member(conn, tenant_id=acting.tenant.id, user_id=target_id)
+        if target is None:
+            raise AppError(errors.MEMBER_NOT_FOUND)
+        ensure_can_change(acting.role, target.role, actor_is_target=False)
+        ensure_can_grant(acting.role, role)
+        if acting.tenant.personal and role != "owner":
+            raise AppError(errors.PERSONAL_TENANT)
+        if target.role == "owner" and role != "owner" and await repo.owner_count(conn, acting.tenant.id) <= 1:
+            raise AppError(errors.LAST_OWNER)
+        version = _version()
+        await repo.set_role(conn, tenant_id=acting.tenant.id, user_id=target_id, role=role, version=version)
+        await _membership_changed(
+            conn, actor=claims.user_id, tenant_id=acting.tenant.id, user_id=target_id, role=role, version=version
+        )
+        changed = await repo.member(conn, tenant_id=acting.tenant.id, user_id=target_id)
+    tenants.events_written()
+    assert changed is not None
+    return changed
+
+
+async def remove_member(*, tenants: Tenants, claims: AccessClaims, user_id: str) -> None:
+    """Removes a member (or lets a member leave); their tokens for this tenant stop working."""
+    target_id = _user_id(user_id)
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims, for_update=True)
+        target = await repo.member(conn, tenant_id=acting.tenant.id, user_id=target_id)
+        if target is None:
+            raise AppError(errors.MEMBER_NOT_FOUND)
+        ensure_can_change(acting.role, target.role, actor_is_target=target_id == claims.user_id)
+        if target.role == "owner" and await repo.owner_count(conn, acting.tenant.id) <= 1:
+            raise AppError(errors.LAST_OWNER)
+        await repo.remove_membership(conn, tenant_id=acting.tenant.id, user_id=target_id)
+        await _membership_changed(
+            conn,
+            actor=claims.user_id,
+            tenant_id=acting.tenant.id,
+            user_id=target_id,
+            role=target.role,
+            version=_version(),
+            removed=True,
+        )
+    tenants.events_written()
+    log.info("member.removed", member=str(target_id))
+
+
+# Invitations
+
+
+def _hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def create_invitation(
+    *, tenants: Tenants, claims: AccessClaims, invitee: str, role: str
+) -> tuple[Invitation, str]:
+    """An invitation for a username or email, with a single-use token (returned once, stored hashed)."""
+    validate_role(role)
+    invitee = invitee.strip().lower()
+    if not 3 <= len(invitee) <= 254:
+        raise invalid("invitee", "a username or an email address")
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims)
+        ensure_can_grant(acting.role, role)
+        if acting.tenant.personal:
+            raise AppError(errors.PERSONAL_TENANT)
+        known = await repo.user_by_name_or_email(conn, invitee)
+        if known is not None and await repo.member(conn, tenant_id=acting.tenant.id, user_id=known[0]):
+            raise AppError(errors.ALREADY_MEMBER)
+        token = INVITATION_TOKEN_PREFIX + random.token_urlsafe(32)
+        invitation = Invitation(
+            id=new_id(),
+            tenant_id=acting.tenant.id,
+            invitee=invitee,
+            role=role,
+            invited_by=claims.user_id,
+            expires_at=dt.datetime.now(dt.UTC) + tenants.invitation_ttl,
+            accepted_at=None,
+        )
+        await repo.add_invitation(conn, invitation, token_hash=_hash_token(token))
+    log.info("invitation.created", invitation_id=str(invitation.id), role=role)
+    return invitation, token
+
+
+async def accept_invitation(*, tenants: Tenants, claims: AccessClaims, token: str) -> TenantMembership:
+    """Joins the invitation's tenant, if it is addressed to the caller, unused and unexpired."""
+    async with tenants.engine.begin() as conn:
+        invitation = await repo.invitation_by_hash(conn, _hash_token(token))
+        names = await repo.user_names(conn, claims.user_id)
+        # Someone else's invitation looks exactly like an unknown one.
+        if invitation is None or names is None or invitation.invitee not in names:
+            raise AppError(errors.INVITATION_NOT_FOUND)
+        if invitation.accepted_at is not None:
+            raise AppError(errors.INVITATION_USED)
+        if invitation.expires_at <= dt.datetime.now(dt.UTC):
+            raise AppError(errors.INVITATION_EXPIRED)
+        if not await repo.tenant_exists(conn, invitation.tenant_id):
+            raise AppError(errors.INVITATION_NOT_FOUND)
+        if await repo.member(conn, tenant_id=invitation.tenant_id, user_id=claims.user_id):
+            raise AppError(errors.ALREADY_MEMBER)
+        version = _version()
+        await repo.add_membership(
+            conn, tenant_id=invitation.tenant_id, user_id=claims.user_id, role=invitation.role, version=version
+        )
+        await repo.mark_accepted(conn, invitation_id=invitation.id, user_id=claims.user_id)
+        await _membership_changed(
+            conn,
+            actor=claims.user_id,
+            tenant_id=invitation.tenant_id,
+            user_id=claims.user_id,
+            role=invitation.role,
+            version=version,
+        )
+        membership = await repo.membership_of_user(conn, user_id=claims.user_id, tenant_id=invitation.tenant_id)
+    tenants.events_written()
+    if membership is None:  # the tenant was deleted in between
+        raise AppError(errors.INVITATION_NOT_FOUND)
+    return membership
+
+
+# Settings
+
+
+async def get_settings(*, tenants: Tenants, claims: AccessClaims) -> Settings:
+    """Any member may read them; secrets only ever leave as their masked form."""
+    async with tenants.reads.connect() as conn:
+        await _acting(conn, claims)
+        return await repo.settings_of(conn, claims.tenant_id)
+
+
+async def _data_key(conn: AsyncConnection, *, tenants: Tenants, tenant_id: uuid.UUID, create: bool) -> bytes | None:
+    wrapped = await repo.wrapped_data_key(conn, tenant_id)
+    if wrapped is not None:
+        return await asyncio.to_thread(secrets.unwrap, wrapped, tenants.master_key, tenant_id)
+    if not create:
+        return None
+    data_key, wrapped = secrets.new_data_key(tenants.master_key, tenant_id)
+    await repo.add_data_key(conn, tenant_id=tenant_id, wrapped_key=wrapped)
+    return data_key
+
+
+async def update_settings(
+    *, tenants: Tenants, claims: AccessClaims, fields: list[str], values: dict[str, Any]
+) -> Settings:
+    """Applies the named fields only; secrets are encrypted before they reach the database."""
+    unknown = set(fields) - set(SETTINGS_FIELDS)
+    if unknown or not fields:
+        raise invalid("fields", f"one or more of {', '.join(SETTINGS_FIELDS)}")
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims, for_update=True)
+        ensure_can_manage(acting.role)
+        tenant_id = acting.tenant.id
+        current = await repo.settings_of(conn, tenant_id)
+        stored = dict(current.secrets)
+        changes: dict[str, Any] = {}
+        for name in fields:
+            value = values.get(name)
+            if name in SECRET_FIELDS:
+                secret = validate_secret(name, str(value or ""))
+                if not secret:
+                    stored.pop(name, None)
+                    continue
+                data_key = await _data_key(conn, tenants=tenants, tenant_id=tenant_id, create=True)
+                assert data_key is not None
+                sealed = secrets.encrypt(data_key, tenant_id=tenant_id, field=name, value=secret)
+                stored[name] = Secret(ciphertext=sealed, masked=mask(secret))
+            elif name == "llm_provider":
+                if value not in LLM_PROVIDERS:
+                    raise invalid("llm_provider", "none, anthropic or openai")
+                changes[name] = value
+            elif name == "llm_model":
+                model = str(value or "").strip()
+                if len(model) > 100:
+                    raise invalid("llm_model", "at most 100 characters")
+                changes[name] = model
+            elif name == "quality_gate":
+                changes[name] = validate_quality_gate(value if isinstance(value, QualityGate) else QualityGate())
+            elif name == "allowed_hosts":
+                changes[name] = validate_hosts(list(value or []))
+        updated = dataclasses.replace(current, secrets=stored, **changes)
+        updated_at = await repo.save_settings(conn, updated)
+        await _emit(
+            conn,
+            event_type=SETTINGS_CHANGED,
+            actor_id=str(claims.user_id),
+            tenant_id=str(tenant_id),
+            payload=events_pb2.SettingsChanged(tenant_id=str(tenant_id), fields=sorted(set(fields))),
+        )
+    tenants.events_written()
+    log.info("settings.changed", fields=sorted(set(fields)))
+    return dataclasses.replace(updated, updated_at=updated_at)
+
+
+async def tenant_secrets(*, tenants: Tenants, tenant_id: str) -> tuple[dict[str, str], Settings]:
+    """Decrypted secrets for the analysis service (the caller's service identity is checked before this)."""
+    try:
+        wanted = uuid.UUID(tenant_id)
+    except ValueError:
+        raise AppError(errors.TENANT_NOT_FOUND) from None
+    async with tenants.reads.connect() as conn:
+        if not await repo.tenant_exists(conn, wanted):
+            raise AppError(errors.TENANT_NOT_FOUND)
+        current = await repo.settings_of(conn, wanted)
+        data_key = await _data_key(conn, tenants=tenants, tenant_id=wanted, create=False)
+    clear = {
+        name: secrets.decrypt(data_key, tenant_id=wanted, field=name, sealed=secret.ciphertext)
+        for name, secret in current.secrets.items()
+        if data_key is not None
+    }
+    return clear, current
+
+
+async def rewrap_data_keys(*, tenants: Tenants, old_master_key: bytes) -> int:
+    """Wraps every tenant's data key again under the current master key (master-key rotation)."""
+    async with tenants.engine.begin() as conn:
+        keys = await repo.all_data_keys(conn)
+        for tenant_id, wrapped in keys:
+            rewrapped = secrets.rewrap(
+                wrapped, old_master_key=old_master_key, new_master_key=tenants.master_key, tenant_id=tenant_id
+            )
+            await repo.set_wrapped_key(conn, tenant_id=tenant_id, wrapped_key=rewrapped)
+    return len(keys)

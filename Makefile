@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc
+.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -67,6 +67,10 @@ typecheck: install
 ## errors-doc: regenerate API_ERRORS.md from the error registry
 errors-doc: install
 	$(PY) -m libs.common.errors > API_ERRORS.md
+
+## permissions-doc: regenerate docs/permissions.md from the tenants permission table
+permissions-doc: install
+	$(PY) -m services.tenants.domain > docs/permissions.md
 
 bench: install
 	$(PY) bench/auth_me.py

@@ -44,10 +44,9 @@ from services.tenants.domain import (
     Secret,
     Settings,
     TenantMembership,
+    ensure,
     ensure_can_change,
     ensure_can_grant,
-    ensure_can_manage,
-    ensure_owner,
     invalid,
     mask,
     personal_slug,
@@ -247,7 +246,7 @@ async def update_current_tenant(*, tenants: Tenants, claims: AccessClaims, name:
     """Renames the token's tenant (owners and admins); a personal tenant keeps its slug."""
     async with tenants.engine.begin() as conn:
         acting = await _acting(conn, claims, for_update=True)
-        ensure_can_manage(acting.role)
+        ensure(acting.role, "tenant.rename")
         tenant = acting.tenant
         new_name = validate_name(name) if name else tenant.name
         new_slug = validate_slug(slug) if slug and slug != tenant.slug else tenant.slug
@@ -265,7 +264,7 @@ async def delete_current_tenant(*, tenants: Tenants, claims: AccessClaims) -> uu
     now = dt.datetime.now(dt.UTC)
     async with tenants.engine.begin() as conn:
         acting = await _acting(conn, claims, for_update=True)
-        ensure_owner(acting.role)
+        ensure(acting.role, "tenant.delete")
         if acting.tenant.personal:
             raise AppError(errors.PERSONAL_TENANT)
         member_ids = await repo.member_ids(conn, acting.tenant.id)
@@ -317,7 +316,7 @@ async def update_member(*, tenants: Tenants, claims: AccessClaims, user_id: str,
         target = await repo.member(conn, tenant_id=acting.tenant.id, user_id=target_id)
         if target is None:
             raise AppError(errors.MEMBER_NOT_FOUND)
-        ensure_can_change(acting.role, target.role, actor_is_target=False)
+        ensure_can_change(acting.role, target.role, action="members.change_role")
         ensure_can_grant(acting.role, role)
         if acting.tenant.personal and role != "owner":
             raise AppError(errors.PERSONAL_TENANT)
@@ -342,7 +341,9 @@ async def remove_member(*, tenants: Tenants, claims: AccessClaims, user_id: str)
         target = await repo.member(conn, tenant_id=acting.tenant.id, user_id=target_id)
         if target is None:
             raise AppError(errors.MEMBER_NOT_FOUND)
-        ensure_can_change(acting.role, target.role, actor_is_target=target_id == claims.user_id)
+        ensure_can_change(
+            acting.role, target.role, action="members.remove", actor_is_target=target_id == claims.user_id
+        )
         if target.role == "owner" and await repo.owner_count(conn, acting.tenant.id) <= 1:
             raise AppError(errors.LAST_OWNER)
         await repo.remove_membership(conn, tenant_id=acting.tenant.id, user_id=target_id)
@@ -397,11 +398,26 @@ async def create_invitation(
     return invitation, token
 
 
+DIRECTORY_WAIT_S = 2.0
+
+
+async def _caller_names(tenants: Tenants, user_id: uuid.UUID) -> tuple[str, str] | None:
+    """The caller's username and email. A user who registered a moment ago may not be in the
+    directory yet (it is fed by user.registered), so wait a little before giving up."""
+    deadline = asyncio.get_running_loop().time() + DIRECTORY_WAIT_S
+    while True:
+        async with tenants.reads.connect() as conn:
+            names = await repo.user_names(conn, user_id)
+        if names is not None or asyncio.get_running_loop().time() >= deadline:
+            return names
+        await asyncio.sleep(0.1)
+
+
 async def accept_invitation(*, tenants: Tenants, claims: AccessClaims, token: str) -> TenantMembership:
     """Joins the invitation's tenant, if it is addressed to the caller, unused and unexpired."""
+    names = await _caller_names(tenants, claims.user_id)
     async with tenants.engine.begin() as conn:
         invitation = await repo.invitation_by_hash(conn, _hash_token(token))
-        names = await repo.user_names(conn, claims.user_id)
         # Someone else's invitation looks exactly like an unknown one.
         if invitation is None or names is None or invitation.invitee not in names:
             raise AppError(errors.INVITATION_NOT_FOUND)
@@ -463,7 +479,7 @@ async def update_settings(
         raise invalid("fields", f"one or more of {', '.join(SETTINGS_FIELDS)}")
     async with tenants.engine.begin() as conn:
         acting = await _acting(conn, claims, for_update=True)
-        ensure_can_manage(acting.role)
+        ensure(acting.role, "settings.write")
         tenant_id = acting.tenant.id
         current = await repo.settings_of(conn, tenant_id)
         stored = dict(current.secrets)

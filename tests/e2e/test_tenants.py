@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -226,8 +227,6 @@ def test_removed_members_token_fails_within_a_second(client: httpx.Client) -> No
     expect(bob.get("/api/v2/tenants/current"), 200)
     personal = register(client)  # an unrelated token keeps working
     expect(owner.delete(f"/api/v2/tenants/current/members/{bob.user_id}"), 204)
-    import time
-
     time.sleep(1.0)
     for path in ("/api/v2/tenants/current", "/api/v2/auth/me", "/api/v2/settings"):
         response = bob.get(path)
@@ -249,7 +248,7 @@ def test_a_changed_role_is_in_force_on_the_next_token(client: httpx.Client) -> N
     expect(bob.patch("/api/v2/settings", json={"llm_model": "x"}), 200)
 
     def promoted() -> bool:
-        return jwt.decode(bob.refresh().access_token, options={"verify_signature": False})["role"] == "admin"
+        return bool(jwt.decode(bob.refresh().access_token, options={"verify_signature": False})["role"] == "admin")
 
     eventually(promoted, what="the admin role in a refreshed token")
     assert expect(bob.get("/api/v2/auth/me"), 200)["role"] == "admin"
@@ -261,8 +260,6 @@ def test_deleting_a_tenant(client: httpx.Client) -> None:
     member = join(owner, register(client), "member")
     deleted = expect(owner.delete("/api/v2/tenants/current"), 202)
     assert deleted == {"tenant_id": tenant_id, "status": "deleting"}
-    import time
-
     time.sleep(1.0)
     for person in (owner, member):
         response = person.get("/api/v2/tenants/current")

@@ -114,7 +114,7 @@ def _database_text(database_url: str) -> str:
             "SELECT table_schema, table_name FROM information_schema.tables"
             " WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'"
         ).fetchall()
-        dumps = []
+        dumps: list[str] = []
         for schema, table in tables:
             rows = conn.execute(f'SELECT row_to_json(t)::text FROM "{schema}"."{table}" t').fetchall()  # noqa: S608
             dumps.extend(row[0] for row in rows)

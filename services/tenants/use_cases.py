@@ -127,14 +127,26 @@ async def _membership_changed(
     )
 
 
+NEW_TENANT_WAIT_S = 2.0
+
+
 async def _acting(conn: AsyncConnection, claims: AccessClaims, *, for_update: bool = False) -> TenantMembership:
-    """The caller's membership of the token's tenant, from the database: roles are enforced here, not trusted."""
-    membership = await repo.membership_of_user(
-        conn, user_id=claims.user_id, tenant_id=claims.tenant_id, for_update=for_update
-    )
-    if membership is None:
-        raise AppError(errors.TENANT_NOT_FOUND)
-    return membership
+    """The caller's membership of the token's tenant, from the database: roles are enforced here, not trusted.
+
+    A personal tenant is created from user.registered, so for a moment after registering its
+    token can name a tenant this service has not created yet: that case (and only that: a
+    deleted or foreign tenant has a row) waits briefly instead of answering not found.
+    """
+    deadline = asyncio.get_running_loop().time() + NEW_TENANT_WAIT_S
+    while True:
+        membership = await repo.membership_of_user(
+            conn, user_id=claims.user_id, tenant_id=claims.tenant_id, for_update=for_update
+        )
+        if membership is not None:
+            return membership
+        if await repo.tenant_exists(conn, claims.tenant_id) or asyncio.get_running_loop().time() >= deadline:
+            raise AppError(errors.TENANT_NOT_FOUND)
+        await asyncio.sleep(0.05)
 
 
 # Personal tenants (consumer of user.registered)

@@ -63,3 +63,20 @@ def test_other_database_schemes_are_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DATABASE_URL", "mysql://u@h/d")
     with pytest.raises(ValueError, match="postgresql"):
         _ = CommonSettings().sqlalchemy_url
+
+
+def test_production_refuses_tenants_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libs.common.config import TenantsSettings
+
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
+    monkeypatch.setenv("NATS_URL", "nats://nats:4222")
+    monkeypatch.delenv("TENANTS_MASTER_KEY", raising=False)
+    monkeypatch.delenv("INTERNAL_SERVICE_TOKENS", raising=False)
+    with pytest.raises(ValidationError) as caught:
+        TenantsSettings()
+    assert "TENANTS_MASTER_KEY" in str(caught.value)
+    assert "INTERNAL_SERVICE_TOKENS[analysis]" in str(caught.value)
+    monkeypatch.setenv("TENANTS_MASTER_KEY", base64.b64encode(bytes(range(32))).decode())
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKENS", '{"analysis": "' + "s" * 40 + '"}')
+    assert TenantsSettings().internal_service_tokens["analysis"].get_secret_value() == "s" * 40

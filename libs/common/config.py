@@ -210,6 +210,38 @@ class TenantsSettings(GrpcServiceSettings):
         return problems
 
 
+class AnalysisSettings(GrpcServiceSettings):
+    """The analysis service and its workers."""
+
+    grpc_port: int = Field(default=50053, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    tenants_grpc_target: str = Field(default="127.0.0.1:50052", description="Tenants service address")
+    service_token: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_SERVICE_TOKEN), description="This service's credential for internal RPCs"
+    )
+    allow_local_repositories: bool = Field(
+        default=False, description="Accept local paths and file:// URLs (development only)"
+    )
+    repository_hosts: list[str] = Field(
+        default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org"],
+        description="Hosts workers may clone from; a tenant's allowed hosts are narrowed to these",
+    )
+    worker_concurrency: int = Field(default=2, ge=1, le=64, description="Analyses one worker process runs at once")
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Deliveries of one analysis before it fails")
+    job_ack_wait_s: float = Field(default=30.0, ge=2, description="A job is redelivered when silent this long")
+    fetch_timeout_s: float = Field(default=300.0, gt=0, description="Time limit of one clone")
+    max_repository_bytes: int = Field(default=500_000_000, ge=1_000_000, description="Size limit of one clone")
+    work_dir: str = Field(default="", description="Where clones go (default: the system temp dir)")
+    migration_parallelism: int = Field(default=4, ge=1, le=32, description="Tenant schemas migrated at once")
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if self.allow_local_repositories:
+            problems.append("ALLOW_LOCAL_REPOSITORIES must be off: tenants could read the server's disk")
+        if self.service_token.get_secret_value() == DEVELOPMENT_SERVICE_TOKEN:
+            problems.append("SERVICE_TOKEN is the development default")
+        return problems
+
+
 class GatewaySettings(CommonSettings):
     """The public HTTP gateway."""
 
@@ -217,5 +249,6 @@ class GatewaySettings(CommonSettings):
     http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
     auth_grpc_target: str = Field(default="127.0.0.1:50051", description="Auth service address")
     tenants_grpc_target: str = Field(default="127.0.0.1:50052", description="Tenants service address")
+    analysis_grpc_target: str = Field(default="127.0.0.1:50053", description="Analysis service address")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted")
     ready_check_timeout_s: float = Field(default=1.0, gt=0, description="Deadline of one downstream health check")

@@ -42,28 +42,31 @@ def downgrade(config: Config, revision: str = "-1") -> None:
 
 
 def run_env() -> None:
-    """The body of every service's `migrations/env.py`: one schema, one lock, one transaction."""
+    """The body of every `env.py`: one schema, in one transaction, under that schema's advisory lock.
+
+    With `config.attributes["connection"]` set, it runs on that (sync) connection inside the
+    caller's transaction: a tenant schema is then provisioned atomically with the event that
+    asked for it. Otherwise it opens its own connection and commits.
+    """
     config = context.config
     schema = checked_schema(config.attributes["schema"])
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _migrate(connection, schema)
+        return
     engine = sa.create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        # Concurrent migrators (two replicas starting) wait for each other instead of racing.
-        connection.execute(sa.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": f"migrate:{schema}"})
-        try:
-            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            connection.commit()
-            context.configure(
-                connection=connection,
-                version_table_schema=schema,
-                transaction_per_migration=False,
-            )
-            with context.begin_transaction():
-                context.run_migrations(schema=schema)
-            connection.commit()
-        finally:
-            connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": f"migrate:{schema}"})
-            connection.commit()
+    with engine.connect() as own, own.begin():
+        _migrate(own, schema)
     engine.dispose()
+
+
+def _migrate(connection: sa.Connection, schema: str) -> None:
+    # Concurrent migrators (replicas starting, a CLI beside a consumer) wait for each other.
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"migrate:{schema}"})
+    connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    context.configure(connection=connection, version_table_schema=schema, transaction_per_migration=False)
+    with context.begin_transaction():
+        context.run_migrations(schema=schema)
 
 
 async def ensure_schema_current(engine: AsyncEngine, *, script_location: Path, schema: str) -> None:

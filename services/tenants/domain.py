@@ -6,15 +6,11 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from libs.common import errors
 from libs.common.errors import AppError
 
-T = TypeVar("T")
-
 ROLES = ("owner", "admin", "member", "viewer")
-PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 100
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38})[a-z0-9]$")
 NAME_MAX = 100
 HOST = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -93,12 +89,6 @@ class Invitation:
     invited_by: uuid.UUID
     expires_at: dt.datetime
     accepted_at: dt.datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_cursor: uuid.UUID | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,11 @@ import grpc
 
 from libs.common.events import timestamp
 from libs.common.identity import CallerIdentity, ServiceIdentity
+from libs.common.pagination import encode_cursor
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.tenants import use_cases
 from services.tenants.domain import Member, QualityGate, Settings, TenantMembership
-from services.tenants.use_cases import Tenants, encode_cursor
+from services.tenants.use_cases import Tenants
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -209,5 +210,8 @@ class TenantsInternalServicer(tenants_pb2_grpc.TenantsInternalServiceServicer):
         self._services(context, allowed={"analysis"})
         clear, settings = await use_cases.tenant_secrets(tenants=self._tenants, tenant_id=request.tenant_id)
         return tenants_pb2.GetTenantSecretsResponse(
-            llm_provider=settings.llm_provider, llm_model=settings.llm_model, **clear
+            llm_provider=settings.llm_provider,
+            llm_model=settings.llm_model,
+            allowed_hosts=list(settings.allowed_hosts),
+            **clear,
         )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import datetime as dt
 import hashlib
@@ -23,6 +21,7 @@ from libs.common.db import autocommit
 from libs.common.errors import AppError
 from libs.common.events import new_id, timestamp, unpack
 from libs.common.outbox import emit
+from libs.common.pagination import Page, decode_cursor, page_limit, page_of
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
 from services.tenants import repository as repo
@@ -31,15 +30,12 @@ from services.tenants.domain import (
     INVITATION_TTL,
     LLM_PROVIDERS,
     MEMBERSHIP_CHANGED,
-    PAGE_SIZE_DEFAULT,
-    PAGE_SIZE_MAX,
     SECRET_FIELDS,
     SETTINGS_CHANGED,
     TENANT_CREATED,
     TENANT_DELETED,
     Invitation,
     Member,
-    Page,
     QualityGate,
     Secret,
     Settings,
@@ -179,26 +175,6 @@ async def create_personal_tenant(conn: AsyncConnection, envelope: events_pb2.Eve
     log.info("tenant.created", tenant_id=str(tenant_id), personal=True)
 
 
-# Pagination
-
-
-def encode_cursor(value: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(value.bytes).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise AppError(errors.VALIDATION, details={"field": "cursor", "reason": "not a cursor from this API"}) from exc
-
-
-def _page_limit(page_size: int) -> int:
-    if page_size < 0 or page_size > PAGE_SIZE_MAX:
-        raise AppError(errors.VALIDATION, details={"field": "limit", "reason": f"1-{PAGE_SIZE_MAX}"})
-    return page_size or PAGE_SIZE_DEFAULT
-
-
 # Tenants
 
 
@@ -206,12 +182,12 @@ async def list_my_tenants(
     *, tenants: Tenants, claims: AccessClaims, page_size: int, cursor: str
 ) -> Page[TenantMembership]:
     """The caller's tenants with their role in each, a page at a time."""
-    limit = _page_limit(page_size)
-    after = decode_cursor(cursor) if cursor else None
+    limit = page_limit(page_size)
     async with tenants.reads.connect() as conn:
-        rows = await repo.memberships_of_user(conn, user_id=claims.user_id, after=after, limit=limit + 1)
-    items = rows[:limit]
-    return Page(items=items, next_cursor=items[-1].tenant.id if len(rows) > limit else None)
+        rows = await repo.memberships_of_user(
+            conn, user_id=claims.user_id, after=decode_cursor(cursor), limit=limit + 1
+        )
+    return page_of(rows, limit, lambda m: m.tenant.id)
 
 
 async def get_tenant(*, tenants: Tenants, claims: AccessClaims, tenant_id: str) -> TenantMembership:
@@ -303,13 +279,11 @@ async def delete_current_tenant(*, tenants: Tenants, claims: AccessClaims) -> uu
 
 
 async def list_members(*, tenants: Tenants, claims: AccessClaims, page_size: int, cursor: str) -> Page[Member]:
-    limit = _page_limit(page_size)
-    after = decode_cursor(cursor) if cursor else None
+    limit = page_limit(page_size)
     async with tenants.reads.connect() as conn:
         await _acting(conn, claims)
-        rows = await repo.members(conn, tenant_id=claims.tenant_id, after=after, limit=limit + 1)
-    items = rows[:limit]
-    return Page(items=items, next_cursor=items[-1].user_id if len(rows) > limit else None)
+        rows = await repo.members(conn, tenant_id=claims.tenant_id, after=decode_cursor(cursor), limit=limit + 1)
+    return page_of(rows, limit, lambda m: m.user_id)
 
 
 def _user_id(value: str) -> uuid.UUID:

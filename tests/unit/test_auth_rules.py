@@ -6,11 +6,11 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from libs.common.errors import AppError
+from libs.common.pagination import decode_cursor, encode_cursor
 from services.auth import signing
 from services.auth.domain import SigningKey, validate_registration
 from services.auth.passwords import Passwords
 from services.tenants.domain import personal_slug
-from services.tenants.use_cases import decode_cursor, encode_cursor
 
 
 @pytest.mark.parametrize(

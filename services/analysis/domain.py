@@ -1,0 +1,84 @@
+"""Repositories and analyses, the schema of each tenant, and the rules on their values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from libs.common import errors
+from libs.common.errors import AppError
+from libs.common.migrations import checked_schema
+
+SERVICE_SCHEMA = "analysis"
+TENANT_SCHEMA = re.compile(r"^t_[0-9a-f]{32}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+# Events and jobs this service publishes.
+ANALYSIS_REQUESTED = "analysis.requested"
+ANALYSIS_COMPLETED = "analysis.completed"
+ANALYSIS_FAILED = "analysis.failed"
+JOBS_STREAM = "JOBS"
+JOBS_SUBJECT = "repolens.jobs.analysis"
+
+
+def tenant_schema(tenant_id: uuid.UUID) -> str:
+    """`t_<tenant id without dashes>`, checked against the strict pattern before it reaches SQL."""
+    name = "t_" + tenant_id.hex
+    if not TENANT_SCHEMA.fullmatch(name):
+        raise ValueError(f"invalid tenant schema {name!r}")
+    return checked_schema(name)
+
+
+def invalid(field_name: str, reason: str) -> AppError:
+    return AppError(errors.VALIDATION, details={"field": field_name, "reason": reason})
+
+
+def validate_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise invalid("name", "1-100 letters, digits, '_', '.', '-', starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    id: uuid.UUID
+    name: str
+    url: str
+    default_branch: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    id: uuid.UUID
+    repository_id: uuid.UUID
+    ref: str
+    status: str
+    progress: int
+    step: str
+    timings: dict[str, float]
+    attempts: int
+    cancel_requested: bool
+    error_code: str
+    error_message: str
+    commit_sha: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """What the engine needs from the tenant's settings (read through the internal RPC)."""
+
+    allowed_hosts: tuple[str, ...] = ("github.com",)
+    github_token: str = field(default="", repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from gateway.deps import Backends
 from gateway.errors import install_error_handlers
 from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
-from gateway.routes import auth, health, tenants
+from gateway.routes import analysis, auth, health, tenants
 from gateway.routes import settings as settings_routes
 from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
@@ -22,6 +22,7 @@ from libs.common.jwks import grpc_jwks_fetcher
 from libs.common.logging import error_text
 from libs.common.revocation import RevocationFeed, RevocationList
 from libs.common.tokens import TokenVerifier
+from repolens.analysis.v1 import analysis_pb2_grpc
 from repolens.auth.v1 import auth_pb2_grpc
 from repolens.tenants.v1 import tenants_pb2_grpc
 
@@ -78,6 +79,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         auth_channel = open_channel(settings.auth_grpc_target)
         tenants_channel = open_channel(settings.tenants_grpc_target)
+        analysis_channel = open_channel(settings.analysis_grpc_target)
         revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
         verifier = TokenVerifier(
             fetch_jwks=grpc_jwks_fetcher(auth_channel, deadline_s=settings.grpc_deadline_s),
@@ -92,6 +94,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             tenants_channel=tenants_channel,
             auth=auth_pb2_grpc.AuthServiceStub(auth_channel),
             tenants=tenants_pb2_grpc.TenantsServiceStub(tenants_channel),
+            analysis_channel=analysis_channel,
+            analysis=analysis_pb2_grpc.AnalysisServiceStub(analysis_channel),
             verifier=verifier,
             revocations=revocations,
         )
@@ -108,6 +112,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await asyncio.gather(follower, return_exceptions=True)
             await auth_channel.close()
             await tenants_channel.close()
+            await analysis_channel.close()
             log.info("gateway.stopped")
 
     app = FastAPI(
@@ -122,6 +127,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(tenants.router)
     app.include_router(settings_routes.router)
+    app.include_router(analysis.router)
     app.include_router(health.router)
     # Outermost last: the request id exists before the limits answer.
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -14,6 +14,7 @@ from libs.common.grpc_client import error_from_rpc
 from libs.common.grpc_server import REQUEST_ID_KEY
 from libs.common.revocation import RevocationList
 from libs.common.tokens import AccessClaims, TokenVerifier, bearer_token
+from repolens.analysis.v1 import analysis_pb2_grpc
 from repolens.auth.v1 import auth_pb2_grpc
 from repolens.tenants.v1 import tenants_pb2_grpc
 
@@ -27,6 +28,8 @@ class Backends:
     tenants_channel: grpc.aio.Channel
     auth: auth_pb2_grpc.AuthServiceStub
     tenants: tenants_pb2_grpc.TenantsServiceStub
+    analysis_channel: grpc.aio.Channel
+    analysis: analysis_pb2_grpc.AnalysisServiceStub
     verifier: TokenVerifier
     revocations: RevocationList
 

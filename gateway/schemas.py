@@ -291,3 +291,84 @@ class SettingsPatch(Request):
     llm_model: Annotated[str | None, Field(max_length=100)] = None
     quality_gate: QualityGateBody | None = None
     allowed_hosts: Annotated[list[Annotated[str, Field(max_length=253)]] | None, Field(max_length=50)] = None
+
+
+class CreateRepositoryBody(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "django", "url": "https://github.com/django/django", "default_branch": "main"}]
+        }
+    )
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    default_branch: Annotated[str, Field(min_length=1, max_length=200)] = "main"
+
+
+class UpdateRepositoryBody(Request):
+    """Only the fields present change."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"default_branch": "develop"}]})
+    name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    url: Annotated[str | None, Field(min_length=1, max_length=2048)] = None
+    default_branch: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+
+
+class RepositoryOut(BaseModel):
+    id: str
+    name: str
+    url: str
+    default_branch: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class RepositoryPage(BaseModel):
+    items: list[RepositoryOut]
+    next_cursor: str | None
+
+
+class StartAnalysisBody(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ref": "main"}, {}]})
+    ref: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+
+
+class AnalysisOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "01937a2e-7c41-7b51-9d8e-3f1c2b4a5d70",
+                    "repository_id": "01937a2e-7c41-7b51-9d8e-3f1c2b4a5d71",
+                    "ref": "main",
+                    "status": "running",
+                    "progress": 40,
+                    "step": "inventory",
+                    "timings": {"fetch": 1.2},
+                    "attempts": 1,
+                    "error": None,
+                    "commit_sha": "",
+                    "created_at": "2026-11-26T08:00:00Z",
+                    "started_at": "2026-11-26T08:00:01Z",
+                    "finished_at": None,
+                }
+            ]
+        }
+    )
+    id: str
+    repository_id: str
+    ref: str
+    status: str
+    progress: int
+    step: str
+    timings: dict[str, float]
+    attempts: int
+    error: dict[str, str] | None
+    commit_sha: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class AnalysisPage(BaseModel):
+    items: list[AnalysisOut]
+    next_cursor: str | None

@@ -39,13 +39,15 @@ async def _serving(channel: grpc.aio.Channel, deadline_s: float) -> bool:
 )
 async def ready(backends: BackendsDep) -> Response:
     timeout = backends.settings.ready_check_timeout_s
-    auth_ok, tenants_ok = await asyncio.gather(
-        _serving(backends.auth_channel, timeout), _serving(backends.tenants_channel, timeout)
+    auth_ok, tenants_ok, analysis_ok = await asyncio.gather(
+        _serving(backends.auth_channel, timeout),
+        _serving(backends.tenants_channel, timeout),
+        _serving(backends.analysis_channel, timeout),
     )
     if auth_ok and not backends.verifier.has_keys:
         with contextlib.suppress(Exception):  # the check below reports the outcome
             await asyncio.wait_for(backends.verifier.refresh(), timeout=timeout)
-    checks = {"auth": auth_ok, "tenants": tenants_ok, "keys": backends.verifier.has_keys}
+    checks = {"auth": auth_ok, "tenants": tenants_ok, "analysis": analysis_ok, "keys": backends.verifier.has_keys}
     healthy = all(checks.values())
     body = HealthOut(status="ok" if healthy else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -158,6 +158,58 @@ SERVICE_IDENTITY_REQUIRED = _define(
     "Internal calls need a known service's credential; user tokens are refused.",
 )
 
+REPOSITORY_NOT_FOUND = _define(
+    "ERR_REPO_001", 404, _C.NOT_FOUND, "Repository not found", "No such repository in the token's tenant."
+)
+REPOSITORY_NAME_TAKEN = _define(
+    "ERR_REPO_002",
+    409,
+    _C.ALREADY_EXISTS,
+    "Repository name already used",
+    "Names are unique per tenant, ignoring case.",
+)
+REPOSITORY_URL_REFUSED = _define(
+    "ERR_REPO_003",
+    422,
+    _C.INVALID_ARGUMENT,
+    "Repository URL refused",
+    "Only https:// on the allowed hosts (local paths in development); `details.reason` says why.",
+)
+REF_REFUSED = _define("ERR_REPO_004", 422, _C.INVALID_ARGUMENT, "Git ref refused", "Not a valid branch or tag name.")
+ANALYSIS_NOT_FOUND = _define(
+    "ERR_ANALYSIS_001", 404, _C.NOT_FOUND, "Analysis not found", "No such analysis in the token's tenant."
+)
+ANALYSIS_FINISHED = _define(
+    "ERR_ANALYSIS_002", 409, _C.FAILED_PRECONDITION, "Analysis already finished", "Only queued or running ones stop."
+)
+REPORT_NOT_READY = _define(
+    "ERR_ANALYSIS_003", 409, _C.FAILED_PRECONDITION, "No report", "Reports exist for succeeded analyses only."
+)
+ANALYSIS_ATTEMPTS_EXHAUSTED = _define(
+    "ERR_ANALYSIS_004",
+    500,
+    _C.INTERNAL,
+    "Analysis failed after its last attempt",
+    "Workers stopped or crashed on it too many times (stored on the analysis, not an HTTP answer).",
+)
+FETCH_TIMEOUT = _define(
+    "ERR_FETCH_001", 504, _C.DEADLINE_EXCEEDED, "Clone timed out", "The repository took too long to fetch."
+)
+FETCH_TOO_LARGE = _define(
+    "ERR_FETCH_002", 413, _C.RESOURCE_EXHAUSTED, "Repository too large", "The clone exceeded the size limit."
+)
+FETCH_NOT_FOUND = _define(
+    "ERR_FETCH_003", 404, _C.NOT_FOUND, "Repository or ref not found", "The URL or the branch/tag does not exist."
+)
+FETCH_AUTH = _define(
+    "ERR_FETCH_004",
+    403,
+    _C.PERMISSION_DENIED,
+    "Repository access denied",
+    "Set a GitHub token for private repositories.",
+)
+FETCH_FAILED = _define("ERR_FETCH_005", 502, _C.UNAVAILABLE, "Clone failed", "git could not fetch the repository.")
+
 UPSTREAM_UNAVAILABLE = _define(
     "ERR_UPSTREAM_001", 503, _C.UNAVAILABLE, "Service unavailable", "A backend service did not answer; retry."
 )

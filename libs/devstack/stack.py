@@ -16,9 +16,10 @@ from libs.devstack.servers import LOCALHOST, free_port
 from libs.devstack.supervisor import ChildExit, Supervisor
 
 # gRPC services in start order; each has `migrate` and `serve` commands.
-GRPC_SERVICES = ("auth", "tenants")
+GRPC_SERVICES = ("auth", "tenants", "analysis")
+WORKER = "worker"
 GATEWAY = "gateway"
-SERVICES = (*GRPC_SERVICES, GATEWAY)
+SERVICES = (*GRPC_SERVICES, WORKER, GATEWAY)
 
 
 class StackError(RuntimeError):
@@ -82,6 +83,9 @@ class Stack:
                 "NATS_URL": self.nats_url,
                 "AUTH_GRPC_TARGET": self.grpc_target("auth"),
                 "TENANTS_GRPC_TARGET": self.grpc_target("tenants"),
+                "ANALYSIS_GRPC_TARGET": self.grpc_target("analysis"),
+                # A developer's own machine: local checkouts may be analysed (production refuses this).
+                "ALLOW_LOCAL_REPOSITORIES": "true",
                 "HTTP_HOST": LOCALHOST,
                 "HTTP_PORT": str(self.http_port),
                 # Lines must reach the combined log as they are written, not when a buffer fills.
@@ -98,6 +102,10 @@ class Stack:
     def argv(self, name: str, command: str = "serve") -> list[str]:
         if name == GATEWAY:
             return [self.python, "-m", GATEWAY]
+        if name == WORKER:
+            return [self.python, "-m", "services.analysis", "worker"]
+        if command == "migrate":
+            return [self.python, "-m", f"services.{name}", "migrate", "up"]
         return [self.python, "-m", f"services.{name}", command]
 
     # ------------------------------------------------------------------ lifecycle

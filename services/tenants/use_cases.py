@@ -514,9 +514,12 @@ async def tenant_secrets(*, tenants: Tenants, tenant_id: str) -> tuple[dict[str,
         wanted = uuid.UUID(tenant_id)
     except ValueError:
         raise AppError(errors.TENANT_NOT_FOUND) from None
+    deadline = asyncio.get_running_loop().time() + NEW_TENANT_WAIT_S
     async with tenants.reads.connect() as conn:
-        if not await repo.tenant_exists(conn, wanted):
-            raise AppError(errors.TENANT_NOT_FOUND)
+        while not await repo.tenant_exists(conn, wanted):  # a tenant created a moment ago: see _acting
+            if asyncio.get_running_loop().time() >= deadline:
+                raise AppError(errors.TENANT_NOT_FOUND)
+            await asyncio.sleep(0.05)
         current = await repo.settings_of(conn, wanted)
         data_key = await _data_key(conn, tenants=tenants, tenant_id=wanted, create=False)
     clear = {

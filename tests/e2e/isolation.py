@@ -6,11 +6,15 @@ the gateway without being listed here fails `test_every_route_is_classified`.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import Organisation, Person, expect, invite, organisation, register
 
 # Routes anyone may call, or that are about the caller's identity rather than a tenant's data.
@@ -61,6 +65,16 @@ ROUTES = [
     Route("POST", "/api/v2/auth/switch-tenant", {"tenant_id": "{a_tenant_id}"}, addressed=True),
     Route("GET", "/api/v2/settings"),
     Route("PATCH", "/api/v2/settings", {"llm_model": "changed-by-b"}),
+    Route("POST", "/api/v2/repositories", {"name": "b-repo", "url": "https://github.com/b/repo"}),
+    Route("GET", "/api/v2/repositories"),
+    Route("GET", "/api/v2/repositories/{a_repository_id}", addressed=True),
+    Route("PATCH", "/api/v2/repositories/{a_repository_id}", {"name": "taken-by-b"}, addressed=True),
+    Route("DELETE", "/api/v2/repositories/{a_repository_id}", addressed=True),
+    Route("POST", "/api/v2/repositories/{a_repository_id}/analyses", {}, addressed=True),
+    Route("GET", "/api/v2/analyses"),
+    Route("GET", "/api/v2/analyses/{a_analysis_id}", addressed=True),
+    Route("POST", "/api/v2/analyses/{a_analysis_id}/cancel", addressed=True),
+    Route("GET", "/api/v2/analyses/{a_analysis_id}/report", addressed=True),
     Route("DELETE", "/api/v2/tenants/current", destructive=True),
 ]
 
@@ -78,6 +92,8 @@ class TwoTenants:
             "tenant": expect(owner.get("/api/v2/tenants/current"), 200),
             "members": expect(owner.get("/api/v2/tenants/current/members"), 200),
             "settings": expect(owner.get("/api/v2/settings"), 200),
+            "repositories": expect(owner.get("/api/v2/repositories"), 200),
+            "analyses": expect(owner.get("/api/v2/analyses"), 200),
         }
 
     def a_markers(self) -> list[str]:
@@ -87,6 +103,10 @@ class TwoTenants:
         markers += [m["user_id"] for m in snapshot["members"]["items"] if m["user_id"] != self.b["owner"].user_id]
         markers += [m["username"] for m in snapshot["members"]["items"]]
         markers.append(snapshot["settings"]["anthropic_api_key"]["masked"])
+        markers += [r["id"] for r in snapshot["repositories"]["items"]] + [
+            r["name"] for r in snapshot["repositories"]["items"]
+        ]
+        markers += [a["id"] for a in snapshot["analyses"]["items"]]
         return markers
 
 
@@ -104,9 +124,19 @@ def two_tenants(client: httpx.Client) -> TwoTenants:
         200,
     )
     expect(b["owner"].patch("/api/v2/settings", json={"llm_model": "model-of-b"}), 200)
+    # A repository and a finished (cancelled) analysis of A's: data that B must never see or touch.
+    source = git_repository(Path(tempfile.mkdtemp(prefix="repolens-a-")), {"secret_of_a.py": "A = 1\n"})
+    repository = expect(a_owner.post("/api/v2/repositories", json={"name": "a-secret-repo", "url": str(source)}), 201)
+    analysis = expect(a_owner.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
+    deadline = time.monotonic() + 60
+    while expect(a_owner.get(f"/api/v2/analyses/{analysis['id']}"), 200)["status"] != "succeeded":
+        assert time.monotonic() < deadline, "tenant A's analysis never succeeded"
+        time.sleep(0.2)
     values = {
         "a_tenant_id": a.tenant_id,
         "a_member_id": a["member"].user_id,
         "a_invitation_token": invite(a_owner, outsider, "viewer"),
+        "a_repository_id": repository["id"],
+        "a_analysis_id": analysis["id"],
     }
     return TwoTenants(a=a, b=b, values=values)

@@ -39,5 +39,5 @@ def test_ready_answers_503_while_auth_is_down_and_200_after_it_restarts(stack: S
             stack.start_service("auth")
         up = _wait_for(client, 200)
         assert up.status_code == 200
-        assert up.json()["checks"] == {"auth": True, "tenants": True, "keys": True}
+        assert up.json()["checks"] == {"auth": True, "tenants": True, "analysis": True, "keys": True}
         assert stack.is_running("gateway")

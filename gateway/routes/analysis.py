@@ -1,0 +1,249 @@
+"""/api/v2/repositories and /api/v2/analyses: the tenant's repositories, their analyses and reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from google.protobuf.json_format import MessageToDict
+
+from gateway.deps import BackendsDep, CurrentCaller
+from gateway.schemas import (
+    AnalysisOut,
+    AnalysisPage,
+    CreateRepositoryBody,
+    ErrorOut,
+    RepositoryOut,
+    RepositoryPage,
+    StartAnalysisBody,
+    UpdateRepositoryBody,
+)
+from repolens.analysis.v1 import analysis_pb2
+
+router = APIRouter(prefix="/api/v2", tags=["repositories and analyses"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"},
+    403: {"model": ErrorOut, "description": "Viewers may only read"},
+    404: {"model": ErrorOut, "description": "Not found in the token's tenant"},
+    422: {"model": ErrorOut, "description": "Validation failed, or a URL/ref refused (`ERR_REPO_003`/`004`)"},
+}
+Id = Annotated[str, Path(max_length=64)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=64)]
+
+
+def _time(message: Any, name: str) -> dt.datetime | None:
+    if not message.HasField(name):
+        return None
+    value: dt.datetime = getattr(message, name).ToDatetime(tzinfo=dt.UTC)
+    return value
+
+
+def _repository(repository: analysis_pb2.Repository) -> RepositoryOut:
+    return RepositoryOut(
+        id=repository.id,
+        name=repository.name,
+        url=repository.url,
+        default_branch=repository.default_branch,
+        created_at=repository.created_at.ToDatetime(tzinfo=dt.UTC),
+        updated_at=repository.updated_at.ToDatetime(tzinfo=dt.UTC),
+    )
+
+
+def _analysis(analysis: analysis_pb2.Analysis) -> AnalysisOut:
+    return AnalysisOut(
+        id=analysis.id,
+        repository_id=analysis.repository_id,
+        ref=analysis.ref,
+        status=analysis.status,
+        progress=analysis.progress,
+        step=analysis.step,
+        timings={t.step: t.seconds for t in analysis.timings},
+        attempts=analysis.attempts,
+        error={"code": analysis.error_code, "message": analysis.error_message} if analysis.error_code else None,
+        commit_sha=analysis.commit_sha,
+        created_at=analysis.created_at.ToDatetime(tzinfo=dt.UTC),
+        started_at=_time(analysis, "started_at"),
+        finished_at=_time(analysis, "finished_at"),
+    )
+
+
+@router.post(
+    "/repositories",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RepositoryOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Name already used"}},
+    summary="Register a repository (https:// on the allowed hosts; local paths in development)",
+)
+async def create_repository(
+    body: CreateRepositoryBody, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> RepositoryOut:
+    reply: analysis_pb2.CreateRepositoryResponse = await backends.call(
+        backends.analysis.CreateRepository,
+        analysis_pb2.CreateRepositoryRequest(name=body.name, url=body.url, default_branch=body.default_branch),
+        request=request,
+        token=caller.token,
+    )
+    return _repository(reply.repository)
+
+
+@router.get("/repositories", response_model=RepositoryPage, responses=_ERRORS, summary="Repositories of the tenant")
+async def list_repositories(
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    name: Annotated[str | None, Query(max_length=100, description="Part of the name")] = None,
+) -> RepositoryPage:
+    reply: analysis_pb2.ListRepositoriesResponse = await backends.call(
+        backends.analysis.ListRepositories,
+        analysis_pb2.ListRepositoriesRequest(page_size=limit, page_token=cursor or "", name=name or ""),
+        request=request,
+        token=caller.token,
+    )
+    return RepositoryPage(items=[_repository(r) for r in reply.repositories], next_cursor=reply.next_page_token or None)
+
+
+@router.get("/repositories/{repository_id}", response_model=RepositoryOut, responses=_ERRORS, summary="A repository")
+async def get_repository(
+    repository_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> RepositoryOut:
+    reply: analysis_pb2.GetRepositoryResponse = await backends.call(
+        backends.analysis.GetRepository,
+        analysis_pb2.GetRepositoryRequest(repository_id=repository_id),
+        request=request,
+        token=caller.token,
+    )
+    return _repository(reply.repository)
+
+
+@router.patch(
+    "/repositories/{repository_id}", response_model=RepositoryOut, responses=_ERRORS, summary="Change a repository"
+)
+async def update_repository(
+    repository_id: Id, body: UpdateRepositoryBody, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> RepositoryOut:
+    reply: analysis_pb2.UpdateRepositoryResponse = await backends.call(
+        backends.analysis.UpdateRepository,
+        analysis_pb2.UpdateRepositoryRequest(
+            repository_id=repository_id,
+            fields=sorted(body.model_fields_set),
+            name=body.name or "",
+            url=body.url or "",
+            default_branch=body.default_branch or "",
+        ),
+        request=request,
+        token=caller.token,
+    )
+    return _repository(reply.repository)
+
+
+@router.delete(
+    "/repositories/{repository_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_ERRORS,
+    summary="Delete a repository and its analyses",
+)
+async def delete_repository(
+    repository_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> Response:
+    await backends.call(
+        backends.analysis.DeleteRepository,
+        analysis_pb2.DeleteRepositoryRequest(repository_id=repository_id),
+        request=request,
+        token=caller.token,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/repositories/{repository_id}/analyses",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=AnalysisOut,
+    responses=_ERRORS,
+    summary="Queue an analysis of a ref (the default branch when none is given)",
+)
+async def start_analysis(
+    repository_id: Id,
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    body: StartAnalysisBody | None = None,
+) -> AnalysisOut:
+    reply: analysis_pb2.StartAnalysisResponse = await backends.call(
+        backends.analysis.StartAnalysis,
+        analysis_pb2.StartAnalysisRequest(repository_id=repository_id, ref=(body.ref if body else None) or ""),
+        request=request,
+        token=caller.token,
+    )
+    return _analysis(reply.analysis)
+
+
+@router.get("/analyses", response_model=AnalysisPage, responses=_ERRORS, summary="Analyses of the tenant, newest first")
+async def list_analyses(
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    repository_id: Annotated[str | None, Query(max_length=64)] = None,
+    status_filter: Annotated[str | None, Query(alias="status", max_length=20)] = None,
+) -> AnalysisPage:
+    reply: analysis_pb2.ListAnalysesResponse = await backends.call(
+        backends.analysis.ListAnalyses,
+        analysis_pb2.ListAnalysesRequest(
+            page_size=limit, page_token=cursor or "", repository_id=repository_id or "", status=status_filter or ""
+        ),
+        request=request,
+        token=caller.token,
+    )
+    return AnalysisPage(items=[_analysis(a) for a in reply.analyses], next_cursor=reply.next_page_token or None)
+
+
+@router.get("/analyses/{analysis_id}", response_model=AnalysisOut, responses=_ERRORS, summary="Status and progress")
+async def get_analysis(analysis_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep) -> AnalysisOut:
+    reply: analysis_pb2.GetAnalysisResponse = await backends.call(
+        backends.analysis.GetAnalysis,
+        analysis_pb2.GetAnalysisRequest(analysis_id=analysis_id),
+        request=request,
+        token=caller.token,
+    )
+    return _analysis(reply.analysis)
+
+
+@router.post(
+    "/analyses/{analysis_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=AnalysisOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Already finished"}},
+    summary="Stop a queued or running analysis",
+)
+async def cancel_analysis(
+    analysis_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> AnalysisOut:
+    reply: analysis_pb2.CancelAnalysisResponse = await backends.call(
+        backends.analysis.CancelAnalysis,
+        analysis_pb2.CancelAnalysisRequest(analysis_id=analysis_id),
+        request=request,
+        token=caller.token,
+    )
+    return _analysis(reply.analysis)
+
+
+@router.get(
+    "/analyses/{analysis_id}/report",
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Not succeeded (yet)"}},
+    summary="The report of a succeeded analysis",
+)
+async def get_report(analysis_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep) -> Response:
+    reply: analysis_pb2.GetReportResponse = await backends.call(
+        backends.analysis.GetReport,
+        analysis_pb2.GetReportRequest(analysis_id=analysis_id),
+        request=request,
+        token=caller.token,
+    )
+    return JSONResponse(MessageToDict(reply.report))

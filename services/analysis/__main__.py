@@ -1,0 +1,187 @@
+"""`python -m services.analysis serve | worker | migrate list | migrate up [--tenant ID] | migrate down [--scope S]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.common import migrations
+from libs.common.config import AnalysisSettings
+from libs.common.db import create_engine, wait_for_database
+from libs.common.events import connect_nats, ensure_streams
+from libs.common.grpc_client import open_channel
+from libs.common.identity import CallerIdentity
+from libs.common.jwks import grpc_jwks_fetcher
+from libs.common.logging import configure_logging, get_logger
+from libs.common.outbox import OutboxRelay
+from libs.common.revocation import RevocationFeed, RevocationList
+from libs.common.service import Runtime, ServiceSpec, run_async, serve
+from libs.common.tokens import TokenVerifier
+from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from services.analysis import consumers, repository, tenant_migrations
+from services.analysis.domain import SERVICE_SCHEMA
+from services.analysis.jobs import ensure_jobs_stream
+from services.analysis.servicer import AnalysisServicer
+from services.analysis.tenant_config import TenantConfigClient
+from services.analysis.use_cases import (
+    SERVICE_MIGRATIONS,
+    Analyses,
+    tenant_head,
+)
+
+log = get_logger(__name__)
+
+
+def _spec(forget: Callable[[str], None] | None = None) -> ServiceSpec:
+    return ServiceSpec(
+        name="analysis",
+        schema=SERVICE_SCHEMA,
+        migrations=SERVICE_MIGRATIONS,
+        outbox=repository.outbox,
+        inbox=repository.inbox,
+        grpc_service_names=[analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name],
+        consumer_subjects=consumers.SUBJECTS,
+        consumer_handlers=consumers.handlers(forget or (lambda _: None)),
+    )
+
+
+async def _tenants_behind(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        counts = await repository.revision_counts(conn)
+    head = tenant_head()
+    return sum(count for revision, count in counts.items() if revision != head)
+
+
+def _analyses(settings: AnalysisSettings, runtime_engine: AsyncEngine, config: TenantConfigClient) -> Analyses:
+    return Analyses(
+        engine=runtime_engine,
+        tenant_config=config,
+        deployment_hosts=tuple(settings.repository_hosts),
+        allow_local=settings.allow_local_repositories,
+    )
+
+
+async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
+    auth_channel = open_channel(settings.auth_grpc_target)
+    tenants_channel = open_channel(settings.tenants_grpc_target)
+    config = TenantConfigClient(
+        tenants_channel, service_token=settings.service_token.get_secret_value(), deadline_s=settings.grpc_deadline_s
+    )
+    feed: RevocationFeed | None = None
+
+    def forget(tenant_id: str) -> None:
+        with contextlib.suppress(ValueError):
+            config.forget(uuid.UUID(tenant_id))
+
+    async def wire(runtime: Runtime) -> None:
+        nonlocal feed
+        behind = await _tenants_behind(runtime.engine)
+        if behind:
+            raise migrations.SchemaBehindError(f"{behind} tenant schemas are behind; run migrate up")
+        await ensure_jobs_stream(runtime.js)
+        verifier = TokenVerifier(
+            fetch_jwks=grpc_jwks_fetcher(auth_channel, deadline_s=settings.grpc_deadline_s),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            cache_ttl_s=settings.jwks_cache_ttl_s,
+            refresh_min_interval_s=settings.jwks_refresh_min_interval_s,
+        )
+        revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
+        feed = RevocationFeed(js=runtime.js, revocations=revocations, access_token_ttl_s=settings.access_token_ttl_s)
+        await feed.start()
+        analyses = _analyses(settings, runtime.engine, config)
+        analyses.on_events = runtime.relay.notify
+        analysis_pb2_grpc.add_AnalysisServiceServicer_to_server(
+            AnalysisServicer(analyses=analyses, identity=CallerIdentity(verifier=verifier, revocations=revocations)),
+            runtime.server.server,
+        )
+
+    try:
+        await serve(_spec(forget), settings, wire, stop=stop)
+    finally:
+        if feed is not None:
+            await feed.stop()
+        await auth_channel.close()
+        await tenants_channel.close()
+
+
+async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
+    """A worker process: no gRPC server, just jobs. SIGTERM stops taking jobs and lets running ones end."""
+    from services.analysis.worker import Worker  # the engine is imported by workers only
+
+    stop = stop or asyncio.Event()
+    if stop is not None and not stop.is_set():
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(RuntimeError, ValueError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+    engine = create_engine(settings, application_name="analysis-worker")
+    tenants_channel = open_channel(settings.tenants_grpc_target)
+    await wait_for_database(engine, timeout_s=settings.startup_timeout_s)
+    await migrations.ensure_schema_current(engine, script_location=SERVICE_MIGRATIONS, schema=SERVICE_SCHEMA)
+    nc = await connect_nats(settings, name="analysis-worker")
+    js = nc.jetstream(timeout=settings.nats_request_timeout_s)
+    await ensure_streams(js)
+    relay = OutboxRelay(engine=engine, table=repository.outbox, js=js, poll_interval_s=settings.outbox_poll_interval_s)
+    config = TenantConfigClient(
+        tenants_channel,
+        service_token=settings.service_token.get_secret_value(),
+        deadline_s=settings.grpc_deadline_s,
+        ttl_s=5.0,
+    )
+    analyses = _analyses(settings, engine, config)
+    analyses.on_events = relay.notify
+    worker = Worker(
+        analyses=analyses,
+        js=js,
+        concurrency=settings.worker_concurrency,
+        max_attempts=settings.max_attempts,
+        ack_wait_s=settings.job_ack_wait_s,
+        fetch_timeout_s=settings.fetch_timeout_s,
+        max_repository_bytes=settings.max_repository_bytes,
+        work_dir=settings.work_dir,
+    )
+    relaying = asyncio.create_task(relay.run())
+    try:
+        await worker.run(stop)
+    finally:
+        relay.stop()
+        relaying.cancel()
+        await asyncio.gather(relaying, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=5)
+        await tenants_channel.close()
+        await engine.dispose()
+        log.info("worker.stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.analysis", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers.add_parser("serve", help="the gRPC API, the outbox relay and the tenant-schema consumer")
+    subparsers.add_parser("worker", help="run analyses from the JOBS stream")
+    migrate = subparsers.add_parser("migrate", help="scoped migrations: the service schema and every tenant schema")
+    migrate.add_argument("action", choices=["list", "up", "down"])
+    migrate.add_argument("--tenant", help="only this tenant's schema (up: provisions it if missing)")
+    migrate.add_argument("--scope", choices=["tenant", "service"], default="tenant", help="down: which scope")
+    args = parser.parse_args(argv)
+    settings = AnalysisSettings()
+    configure_logging(settings, service="analysis-worker" if args.command == "worker" else "analysis")
+    if args.command == "serve":
+        run_async(serve_analysis(settings))
+        return 0
+    if args.command == "worker":
+        run_async(run_worker(settings))
+        return 0
+    return tenant_migrations.migrate_command(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The analysis engine: fetch a repository, analyse it, report results."""

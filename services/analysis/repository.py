@@ -1,0 +1,319 @@
+"""All SQL of the analysis service. Tenant tables carry no schema: the unit of work sets search_path."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.consumer import inbox_table
+from libs.common.migrations import checked_schema
+from libs.common.outbox import outbox_table
+from services.analysis.domain import FINISHED, QUEUED, RUNNING, SERVICE_SCHEMA, TENANT_SCHEMA, Analysis, Repository
+
+service_metadata = sa.MetaData()
+tenant_schemas = sa.Table(
+    "tenant_schemas",
+    service_metadata,
+    sa.Column("tenant_id", sa.Uuid, primary_key=True),
+    sa.Column("schema_name", sa.Text),
+    sa.Column("revision", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("migrated_at", sa.DateTime(timezone=True)),
+    schema=SERVICE_SCHEMA,
+)
+outbox = outbox_table(service_metadata, SERVICE_SCHEMA)
+inbox = inbox_table(service_metadata, SERVICE_SCHEMA)
+
+# Tenant scope: resolved through search_path, never a named schema.
+tenant_metadata = sa.MetaData()
+repositories = sa.Table(
+    "repositories",
+    tenant_metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.Text),
+    sa.Column("url", sa.Text),
+    sa.Column("default_branch", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+analyses = sa.Table(
+    "analyses",
+    tenant_metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("repository_id", sa.Uuid),
+    sa.Column("ref", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("progress", sa.Integer),
+    sa.Column("step", sa.Text),
+    sa.Column("timings", postgresql.JSONB),
+    sa.Column("attempts", sa.Integer),
+    sa.Column("cancel_requested", sa.Boolean),
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_message", sa.Text),
+    sa.Column("commit_sha", sa.Text),
+    sa.Column("report", postgresql.JSONB),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+
+# Tenant schemas
+
+
+async def use_tenant_schema(conn: AsyncConnection, schema: str) -> None:
+    """Scopes the current transaction to one tenant; SET LOCAL ends with the transaction, even on rollback."""
+    if not TENANT_SCHEMA.fullmatch(schema):
+        raise ValueError(f"invalid tenant schema {schema!r}")
+    await conn.execute(sa.text(f'SET LOCAL search_path TO "{checked_schema(schema)}"'))
+
+
+async def schema_of(conn: AsyncConnection, tenant_id: uuid.UUID) -> str | None:
+    query = sa.select(tenant_schemas.c.schema_name).where(tenant_schemas.c.tenant_id == tenant_id)
+    return (await conn.execute(query)).scalar_one_or_none()
+
+
+async def record_tenant_schema(conn: AsyncConnection, *, tenant_id: uuid.UUID, schema: str, revision: str) -> None:
+    statement = insert(tenant_schemas).values(tenant_id=tenant_id, schema_name=schema, revision=revision)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[tenant_schemas.c.tenant_id],
+            set_={"revision": statement.excluded.revision, "migrated_at": sa.func.now()},
+        )
+    )
+
+
+async def drop_tenant_schema(conn: AsyncConnection, *, tenant_id: uuid.UUID, schema: str) -> None:
+    await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{checked_schema(schema)}" CASCADE'))
+    await conn.execute(tenant_schemas.delete().where(tenant_schemas.c.tenant_id == tenant_id))
+
+
+async def revision_counts(conn: AsyncConnection) -> dict[str, int]:
+    query = sa.select(tenant_schemas.c.revision, sa.func.count()).group_by(tenant_schemas.c.revision)
+    return {row[0]: int(row[1]) for row in (await conn.execute(query)).all()}
+
+
+# Repositories
+
+
+def _repository(row: Any) -> Repository:
+    return Repository(
+        id=row.id,
+        name=row.name,
+        url=row.url,
+        default_branch=row.default_branch,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def add_repository(conn: AsyncConnection, repository: Repository) -> Repository:
+    row = (
+        await conn.execute(
+            repositories.insert()
+            .values(
+                id=repository.id, name=repository.name, url=repository.url, default_branch=repository.default_branch
+            )
+            .returning(repositories)
+        )
+    ).one()
+    return _repository(row)
+
+
+async def name_taken(conn: AsyncConnection, name: str, *, other_than: uuid.UUID | None = None) -> bool:
+    query = sa.exists().where(sa.func.lower(repositories.c.name) == name.lower())
+    if other_than is not None:
+        query = query.where(repositories.c.id != other_than)
+    return bool((await conn.execute(sa.select(query))).scalar_one())
+
+
+async def repository_by_id(conn: AsyncConnection, repository_id: uuid.UUID) -> Repository | None:
+    row = (await conn.execute(sa.select(repositories).where(repositories.c.id == repository_id))).first()
+    return _repository(row) if row else None
+
+
+async def list_repositories(
+    conn: AsyncConnection, *, name: str, after: uuid.UUID | None, limit: int
+) -> list[Repository]:
+    query = sa.select(repositories)
+    if name:
+        pattern = "%" + name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(sa.func.lower(repositories.c.name).like(pattern, escape="\\"))
+    if after is not None:
+        query = query.where(repositories.c.id > after)
+    rows = (await conn.execute(query.order_by(repositories.c.id).limit(limit))).all()
+    return [_repository(r) for r in rows]
+
+
+async def update_repository(conn: AsyncConnection, repository_id: uuid.UUID, **values: str) -> Repository:
+    row = (
+        await conn.execute(
+            repositories.update()
+            .where(repositories.c.id == repository_id)
+            .values(**values, updated_at=sa.func.now())
+            .returning(repositories)
+        )
+    ).one()
+    return _repository(row)
+
+
+async def delete_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> bool:
+    result = await conn.execute(
+        repositories.delete().where(repositories.c.id == repository_id).returning(repositories.c.id)
+    )
+    return result.first() is not None
+
+
+# Analyses
+
+_ANALYSIS_COLUMNS = [c for c in analyses.c if c.name != "report"]
+
+
+def _analysis(row: Any) -> Analysis:
+    return Analysis(
+        id=row.id,
+        repository_id=row.repository_id,
+        ref=row.ref,
+        status=row.status,
+        progress=row.progress,
+        step=row.step,
+        timings=dict(row.timings),
+        attempts=row.attempts,
+        cancel_requested=row.cancel_requested,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        commit_sha=row.commit_sha,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+async def add_analysis(
+    conn: AsyncConnection, *, analysis_id: uuid.UUID, repository_id: uuid.UUID, ref: str
+) -> Analysis:
+    row = (
+        await conn.execute(
+            analyses.insert()
+            .values(id=analysis_id, repository_id=repository_id, ref=ref, status=QUEUED)
+            .returning(*_ANALYSIS_COLUMNS)
+        )
+    ).one()
+    return _analysis(row)
+
+
+async def analysis_by_id(conn: AsyncConnection, analysis_id: uuid.UUID, *, for_update: bool = False) -> Analysis | None:
+    query = sa.select(*_ANALYSIS_COLUMNS).where(analyses.c.id == analysis_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    return _analysis(row) if row else None
+
+
+async def list_analyses(
+    conn: AsyncConnection, *, repository_id: uuid.UUID | None, status: str, after: uuid.UUID | None, limit: int
+) -> list[Analysis]:
+    query = sa.select(*_ANALYSIS_COLUMNS)
+    if repository_id is not None:
+        query = query.where(analyses.c.repository_id == repository_id)
+    if status:
+        query = query.where(analyses.c.status == status)
+    if after is not None:
+        query = query.where(analyses.c.id < after)
+    rows = (await conn.execute(query.order_by(analyses.c.id.desc()).limit(limit))).all()
+    return [_analysis(r) for r in rows]
+
+
+async def start_attempt(conn: AsyncConnection, analysis_id: uuid.UUID) -> Analysis:
+    row = (
+        await conn.execute(
+            analyses.update()
+            .where(analyses.c.id == analysis_id)
+            .values(
+                status=RUNNING,
+                attempts=analyses.c.attempts + 1,
+                started_at=sa.func.coalesce(analyses.c.started_at, sa.func.now()),
+                progress=0,
+                step="",
+                error_code="",
+                error_message="",
+            )
+            .returning(*_ANALYSIS_COLUMNS)
+        )
+    ).one()
+    return _analysis(row)
+
+
+async def record_progress(
+    conn: AsyncConnection, analysis_id: uuid.UUID, *, progress: int, step: str, timings: dict[str, float]
+) -> bool:
+    """False when the analysis was cancelled (or finished elsewhere): the worker must stop."""
+    result = await conn.execute(
+        analyses.update()
+        .where(analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.cancel_requested.is_(False))
+        .values(progress=progress, step=step, timings=timings)
+        .returning(analyses.c.id)
+    )
+    return result.first() is not None
+
+
+async def finish(
+    conn: AsyncConnection,
+    analysis_id: uuid.UUID,
+    *,
+    status: str,
+    timings: dict[str, float],
+    report: dict[str, Any] | None = None,
+    commit_sha: str = "",
+    error_code: str = "",
+    error_message: str = "",
+) -> bool:
+    """Ends an analysis once: False when it had already ended (a duplicate delivery)."""
+    result = await conn.execute(
+        analyses.update()
+        .where(analyses.c.id == analysis_id, analyses.c.status.not_in(FINISHED))
+        .values(
+            status=status,
+            progress=100 if status == "succeeded" else analyses.c.progress,
+            step="",
+            timings=timings,
+            report=report,
+            commit_sha=commit_sha,
+            error_code=error_code,
+            error_message=error_message,
+            finished_at=sa.func.now(),
+        )
+        .returning(analyses.c.id)
+    )
+    return result.first() is not None
+
+
+async def request_cancel(conn: AsyncConnection, analysis_id: uuid.UUID) -> None:
+    await conn.execute(analyses.update().where(analyses.c.id == analysis_id).values(cancel_requested=True))
+
+
+async def report_of(conn: AsyncConnection, analysis_id: uuid.UUID) -> dict[str, Any] | None:
+    query = sa.select(analyses.c.report).where(analyses.c.id == analysis_id)
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return dict(value) if value is not None else None
+
+
+async def lock_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> bool:
+    """One running analysis per repository: a session lock held for the whole run, freed if the worker dies."""
+    result = await conn.execute(
+        sa.text("SELECT pg_try_advisory_lock(hashtext('analysis:repository'), hashtext(:id))"),
+        {"id": str(repository_id)},
+    )
+    return bool(result.scalar_one())
+
+
+async def unlock_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> None:
+    await conn.execute(
+        sa.text("SELECT pg_advisory_unlock(hashtext('analysis:repository'), hashtext(:id))"),
+        {"id": str(repository_id)},
+    )

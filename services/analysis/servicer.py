@@ -1,0 +1,166 @@
+"""gRPC controller of the analysis service: protobuf in, use case, protobuf out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from libs.common.events import timestamp
+from libs.common.identity import CallerIdentity
+from libs.common.pagination import encode_cursor
+from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from services.analysis import use_cases
+from services.analysis.domain import Analysis, Repository
+from services.analysis.use_cases import Analyses
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _repository(repository: Repository) -> analysis_pb2.Repository:
+    return analysis_pb2.Repository(
+        id=str(repository.id),
+        name=repository.name,
+        url=repository.url,
+        default_branch=repository.default_branch,
+        created_at=timestamp(repository.created_at),
+        updated_at=timestamp(repository.updated_at),
+    )
+
+
+def _analysis(analysis: Analysis) -> analysis_pb2.Analysis:
+    message = analysis_pb2.Analysis(
+        id=str(analysis.id),
+        repository_id=str(analysis.repository_id),
+        ref=analysis.ref,
+        status=analysis.status,
+        progress=analysis.progress,
+        step=analysis.step,
+        timings=[analysis_pb2.StepTiming(step=k, seconds=v) for k, v in analysis.timings.items()],
+        attempts=analysis.attempts,
+        error_code=analysis.error_code,
+        error_message=analysis.error_message,
+        commit_sha=analysis.commit_sha,
+        created_at=timestamp(analysis.created_at),
+    )
+    if analysis.started_at is not None:
+        message.started_at.CopyFrom(timestamp(analysis.started_at))
+    if analysis.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp(analysis.finished_at))
+    return message
+
+
+class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
+    def __init__(self, *, analyses: Analyses, identity: CallerIdentity):
+        self._analyses = analyses
+        self._identity = identity
+
+    async def CreateRepository(
+        self, request: analysis_pb2.CreateRepositoryRequest, context: Context
+    ) -> analysis_pb2.CreateRepositoryResponse:
+        claims = await self._identity(context)
+        repository = await use_cases.create_repository(
+            analyses=self._analyses,
+            claims=claims,
+            name=request.name,
+            url=request.url,
+            default_branch=request.default_branch,
+        )
+        return analysis_pb2.CreateRepositoryResponse(repository=_repository(repository))
+
+    async def ListRepositories(
+        self, request: analysis_pb2.ListRepositoriesRequest, context: Context
+    ) -> analysis_pb2.ListRepositoriesResponse:
+        claims = await self._identity(context)
+        page = await use_cases.list_repositories(
+            analyses=self._analyses,
+            claims=claims,
+            name=request.name,
+            page_size=request.page_size,
+            cursor=request.page_token,
+        )
+        return analysis_pb2.ListRepositoriesResponse(
+            repositories=[_repository(r) for r in page.items],
+            next_page_token=encode_cursor(page.next_cursor) if page.next_cursor else "",
+        )
+
+    async def GetRepository(
+        self, request: analysis_pb2.GetRepositoryRequest, context: Context
+    ) -> analysis_pb2.GetRepositoryResponse:
+        claims = await self._identity(context)
+        repository = await use_cases.get_repository(
+            analyses=self._analyses, claims=claims, repository_id=request.repository_id
+        )
+        return analysis_pb2.GetRepositoryResponse(repository=_repository(repository))
+
+    async def UpdateRepository(
+        self, request: analysis_pb2.UpdateRepositoryRequest, context: Context
+    ) -> analysis_pb2.UpdateRepositoryResponse:
+        claims = await self._identity(context)
+        repository = await use_cases.update_repository(
+            analyses=self._analyses,
+            claims=claims,
+            repository_id=request.repository_id,
+            fields=list(request.fields),
+            values={"name": request.name, "url": request.url, "default_branch": request.default_branch},
+        )
+        return analysis_pb2.UpdateRepositoryResponse(repository=_repository(repository))
+
+    async def DeleteRepository(
+        self, request: analysis_pb2.DeleteRepositoryRequest, context: Context
+    ) -> analysis_pb2.DeleteRepositoryResponse:
+        claims = await self._identity(context)
+        await use_cases.delete_repository(analyses=self._analyses, claims=claims, repository_id=request.repository_id)
+        return analysis_pb2.DeleteRepositoryResponse()
+
+    async def StartAnalysis(
+        self, request: analysis_pb2.StartAnalysisRequest, context: Context
+    ) -> analysis_pb2.StartAnalysisResponse:
+        claims = await self._identity(context)
+        analysis = await use_cases.start_analysis(
+            analyses=self._analyses, claims=claims, repository_id=request.repository_id, ref=request.ref
+        )
+        return analysis_pb2.StartAnalysisResponse(analysis=_analysis(analysis))
+
+    async def ListAnalyses(
+        self, request: analysis_pb2.ListAnalysesRequest, context: Context
+    ) -> analysis_pb2.ListAnalysesResponse:
+        claims = await self._identity(context)
+        page = await use_cases.list_analyses(
+            analyses=self._analyses,
+            claims=claims,
+            repository_id=request.repository_id,
+            status=request.status,
+            page_size=request.page_size,
+            cursor=request.page_token,
+        )
+        return analysis_pb2.ListAnalysesResponse(
+            analyses=[_analysis(a) for a in page.items],
+            next_page_token=encode_cursor(page.next_cursor) if page.next_cursor else "",
+        )
+
+    async def GetAnalysis(
+        self, request: analysis_pb2.GetAnalysisRequest, context: Context
+    ) -> analysis_pb2.GetAnalysisResponse:
+        claims = await self._identity(context)
+        analysis = await use_cases.get_analysis(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
+        return analysis_pb2.GetAnalysisResponse(analysis=_analysis(analysis))
+
+    async def CancelAnalysis(
+        self, request: analysis_pb2.CancelAnalysisRequest, context: Context
+    ) -> analysis_pb2.CancelAnalysisResponse:
+        claims = await self._identity(context)
+        analysis = await use_cases.cancel_analysis(
+            analyses=self._analyses, claims=claims, analysis_id=request.analysis_id
+        )
+        return analysis_pb2.CancelAnalysisResponse(analysis=_analysis(analysis))
+
+    async def GetReport(
+        self, request: analysis_pb2.GetReportRequest, context: Context
+    ) -> analysis_pb2.GetReportResponse:
+        claims = await self._identity(context)
+        report = await use_cases.get_report(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
+        message = struct_pb2.Struct()
+        message.update(report)
+        return analysis_pb2.GetReportResponse(report=message)

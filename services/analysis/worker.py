@@ -1,0 +1,333 @@
+"""Analysis workers: pull jobs from JetStream, run the engine steps, commit the result, then ack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from libs.common import errors
+from libs.common.db import autocommit
+from libs.common.errors import AppError, ErrorSpec
+from libs.common.events import unpack
+from libs.common.logging import error_text
+from repolens.events.v1 import events_pb2
+from services.analysis import repository as repo
+from services.analysis.domain import (
+    ANALYSIS_COMPLETED,
+    ANALYSIS_FAILED,
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    JOBS_STREAM,
+    JOBS_SUBJECT,
+    SUCCEEDED,
+)
+from services.analysis.engine.fetch import FetchCancelled, FetchError, fetch
+from services.analysis.engine.inventory import Cancelled, inventory
+from services.analysis.jobs import ensure_jobs_stream
+from services.analysis.urls import RepositoryUrlError, check_repository_url
+from services.analysis.use_cases import Analyses, emit_finished, tenant_transaction
+
+log = structlog.get_logger(__name__)
+
+DURABLE = "analysis-workers"
+_FETCH_ERRORS: dict[str, ErrorSpec] = {
+    "timeout": errors.FETCH_TIMEOUT,
+    "too_large": errors.FETCH_TOO_LARGE,
+    "not_found": errors.FETCH_NOT_FOUND,
+    "auth": errors.FETCH_AUTH,
+}
+
+
+class Settle(enum.Enum):
+    ACK = "ack"
+    LATER = "later"  # redeliver after a short delay (the repository is busy, or a crash to retry)
+
+
+@dataclass
+class Run:
+    """State shared between the engine (partly in a thread) and the watcher that reports progress."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: int = 0
+    step: str = "queued"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        analyses: Analyses,
+        js: JetStreamContext,
+        concurrency: int,
+        max_attempts: int,
+        ack_wait_s: float,
+        fetch_timeout_s: float,
+        max_repository_bytes: int,
+        work_dir: str = "",
+    ):
+        self._analyses = analyses
+        self._js = js
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._max_attempts = max_attempts
+        self._ack_wait_s = ack_wait_s
+        self._fetch_timeout_s = fetch_timeout_s
+        self._max_bytes = max_repository_bytes
+        self._work_dir = work_dir or None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_jobs_stream(self._js)
+        await self._js.add_consumer(
+            JOBS_STREAM,
+            ConsumerConfig(
+                durable_name=DURABLE,
+                filter_subject=JOBS_SUBJECT,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self._ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=1000,
+            ),
+        )
+        subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=JOBS_STREAM)
+        log.info("worker.started", concurrency=self._concurrency)
+        while not stop.is_set():
+            free = self._concurrency - len(self._running)
+            if free <= 0:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+                continue
+            try:
+                messages = await subscription.fetch(free, timeout=1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except Exception as exc:
+                log.warning("worker.fetch_failed", error=error_text(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                task = asyncio.create_task(self.handle(message))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        # Let running analyses finish; jobs not acked by then are redelivered to another worker.
+        if self._running:
+            await asyncio.wait(self._running, timeout=30)
+
+    async def handle(self, message: Msg) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(message))
+        settle = Settle.LATER
+        try:
+            envelope = events_pb2.EventEnvelope.FromString(message.data)
+            structlog.contextvars.bind_contextvars(request_id=envelope.request_id or None)
+            job = unpack(envelope, events_pb2.AnalysisRequested)
+            structlog.contextvars.bind_contextvars(analysis_id=job.analysis_id, tenant_id=job.tenant_id)
+            settle = await self._run(job)
+        except Exception:
+            log.exception("worker.job_crashed")
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        try:
+            if settle is Settle.ACK:
+                await message.ack()
+            else:
+                await message.nak(delay=1.0)
+        except Exception as exc:  # the job comes back after ack_wait anyway
+            log.warning("worker.settle_failed", error=error_text(exc))
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _heartbeat(self, message: Msg) -> None:
+        """Tells JetStream the job is alive, so a long analysis is not redelivered to another worker."""
+        while True:
+            await asyncio.sleep(max(self._ack_wait_s / 3, 0.5))
+            with contextlib.suppress(Exception):
+                await message.in_progress()
+
+    async def _run(self, job: events_pb2.AnalysisRequested) -> Settle:
+        repository_id = uuid.UUID(job.repository_id)
+        async with autocommit(self._analyses.engine).connect() as lock:
+            if not await repo.lock_repository(lock, repository_id):
+                return Settle.LATER  # another analysis of this repository runs: wait for our turn
+            try:
+                return await self._analyse(uuid.UUID(job.tenant_id), uuid.UUID(job.analysis_id))
+            finally:
+                await repo.unlock_repository(lock, repository_id)
+
+    async def _claim(self, tenant_id: uuid.UUID, analysis_id: uuid.UUID) -> tuple[Any, Any] | None:
+        """Marks the analysis running (one more attempt), or None when there is nothing (left) to do."""
+        async with tenant_transaction(self._analyses.engine, tenant_id) as conn:
+            analysis = await repo.analysis_by_id(conn, analysis_id, for_update=True)
+            if analysis is None or analysis.status in FINISHED:
+                return None  # deleted, or a duplicate delivery of a finished job
+            if analysis.cancel_requested:
+                await repo.finish(conn, analysis_id, status=CANCELLED, timings=analysis.timings)
+                return None
+            if analysis.attempts >= self._max_attempts:
+                await self._fail(conn, tenant_id, analysis, errors.ANALYSIS_ATTEMPTS_EXHAUSTED, analysis.timings)
+                return None
+            analysis = await repo.start_attempt(conn, analysis_id)
+            repository = await repo.repository_by_id(conn, analysis.repository_id)
+            return (analysis, repository) if repository is not None else None
+
+    async def _fail(
+        self, conn: Any, tenant_id: uuid.UUID, analysis: Any, spec: ErrorSpec, timings: dict[str, float]
+    ) -> None:
+        if await repo.finish(
+            conn, analysis.id, status=FAILED, timings=timings, error_code=spec.code, error_message=spec.message
+        ):
+            await emit_finished(
+                conn,
+                event_type=ANALYSIS_FAILED,
+                payload=events_pb2.AnalysisFinished(
+                    tenant_id=str(tenant_id),
+                    analysis_id=str(analysis.id),
+                    repository_id=str(analysis.repository_id),
+                    status=FAILED,
+                    error_code=spec.code,
+                ),
+            )
+        log.info("analysis.failed", code=spec.code)
+
+    async def _analyse(self, tenant_id: uuid.UUID, analysis_id: uuid.UUID) -> Settle:
+        try:
+            claimed = await self._claim(tenant_id, analysis_id)
+        except AppError as exc:
+            if exc.spec is errors.TENANT_NOT_FOUND:
+                return Settle.ACK  # the tenant was deleted
+            raise
+        finally:
+            self._analyses.events_written()
+        if claimed is None:
+            return Settle.ACK
+        analysis, repository = claimed
+        log.info("analysis.started", attempt=analysis.attempts)
+        run = Run()
+        watcher = asyncio.create_task(self._watch(tenant_id, analysis_id, run))
+        try:
+            report, commit_sha = await self._engine(tenant_id, analysis, repository, run)
+        except (Cancelled, FetchCancelled):
+            return await self._end(tenant_id, analysis, run, status=CANCELLED)
+        except RepositoryUrlError:
+            return await self._end(tenant_id, analysis, run, status=FAILED, spec=errors.REPOSITORY_URL_REFUSED)
+        except FetchError as exc:
+            spec = _FETCH_ERRORS.get(exc.reason, errors.FETCH_FAILED)
+            return await self._end(tenant_id, analysis, run, status=FAILED, spec=spec)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return await self._end(tenant_id, analysis, run, status=SUCCEEDED, report=report, commit_sha=commit_sha)
+
+    async def _engine(
+        self, tenant_id: uuid.UUID, analysis: Any, repository: Any, run: Run
+    ) -> tuple[dict[str, Any], str]:
+        config = await self._analyses.tenant_config(tenant_id)
+        hosts = set(config.allowed_hosts) & set(self._analyses.deployment_hosts)
+        # Checked again at run time: the allow-lists may have changed since the repository was added.
+        location = check_repository_url(repository.url, allowed_hosts=hosts, allow_local=self._analyses.allow_local)
+        with tempfile.TemporaryDirectory(prefix="repolens-", dir=self._work_dir) as tmp:
+            run.step, run.progress = "fetch", 5
+            started = time.perf_counter()
+            fetched = await fetch(
+                location,
+                ref=analysis.ref,
+                dest=Path(tmp) / "src",
+                github_token=config.github_token or None,
+                timeout_s=self._fetch_timeout_s,
+                max_bytes=self._max_bytes,
+                should_stop=run.stop.is_set,
+            )
+            run.timings["fetch"] = round(time.perf_counter() - started, 3)
+            if run.stop.is_set():
+                raise Cancelled()
+            run.step, run.progress = "inventory", 40
+
+            def progress(done: int, total: int) -> None:
+                run.progress = 40 + int(55 * done / max(total, 1))
+
+            started = time.perf_counter()
+            counted = await asyncio.to_thread(
+                inventory, Path(tmp) / "src", should_stop=run.stop.is_set, on_progress=progress
+            )
+            run.timings["inventory"] = round(time.perf_counter() - started, 3)
+        report = {
+            "repository": {"id": str(repository.id), "name": repository.name, "url": repository.url},
+            "ref": analysis.ref,
+            "commit_sha": fetched.commit_sha,
+            "inventory": counted.to_dict(),
+            "timings": dict(run.timings),
+        }
+        return report, fetched.commit_sha
+
+    async def _watch(self, tenant_id: uuid.UUID, analysis_id: uuid.UUID, run: Run) -> None:
+        """Writes progress twice a second and turns a cancellation (or a vanished row) into the stop flag."""
+        while not run.stop.is_set():
+            await asyncio.sleep(0.5)
+            try:
+                async with tenant_transaction(self._analyses.engine, tenant_id) as conn:
+                    alive = await repo.record_progress(
+                        conn, analysis_id, progress=run.progress, step=run.step, timings=run.timings
+                    )
+            except Exception as exc:
+                log.warning("analysis.progress_failed", error=error_text(exc))
+                continue
+            if not alive:
+                run.stop.set()
+
+    async def _end(
+        self,
+        tenant_id: uuid.UUID,
+        analysis: Any,
+        run: Run,
+        *,
+        status: str,
+        spec: ErrorSpec | None = None,
+        report: dict[str, Any] | None = None,
+        commit_sha: str = "",
+    ) -> Settle:
+        try:
+            async with tenant_transaction(self._analyses.engine, tenant_id) as conn:
+                if status == FAILED and spec is not None:
+                    await self._fail(conn, tenant_id, analysis, spec, run.timings)
+                elif (
+                    await repo.finish(
+                        conn, analysis.id, status=status, timings=run.timings, report=report, commit_sha=commit_sha
+                    )
+                    and status == SUCCEEDED
+                ):
+                    code_lines = int(report["inventory"]["totals"]["code"]) if report else 0
+                    await emit_finished(
+                        conn,
+                        event_type=ANALYSIS_COMPLETED,
+                        payload=events_pb2.AnalysisFinished(
+                            tenant_id=str(tenant_id),
+                            analysis_id=str(analysis.id),
+                            repository_id=str(analysis.repository_id),
+                            status=SUCCEEDED,
+                            code_lines=code_lines,
+                        ),
+                    )
+        except AppError as exc:
+            if exc.spec is errors.TENANT_NOT_FOUND:
+                return Settle.ACK
+            raise
+        self._analyses.events_written()
+        log.info("analysis.ended", status=status)
+        return Settle.ACK

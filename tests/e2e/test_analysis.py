@@ -1,0 +1,176 @@
+"""Repositories and analyses through the gateway, with a real worker cloning real (local) git repositories."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from libs.devstack.stack import Stack
+from services.analysis.domain import tenant_schema
+from tests.e2e.analysis_repos import git_repository
+from tests.e2e.people import Person, error_code, expect, found, register
+
+PYTHON = '''"""A module docstring: two comment lines
+in cloc's eyes."""
+
+import os  # a trailing comment keeps the line code
+
+
+def answer():
+    # a comment line
+    return 42
+
+'''  # code 3, comment 3, blank 4 (the last empty line included)
+JAVASCRIPT = """// header comment
+/* block
+   comment */
+const url = "http://example.com"; // not a comment opener inside the string
+
+function f() {
+  return url;
+}
+"""  # code 4, comment 3, blank 1
+GO = """package main
+
+// main does nothing
+func main() {
+}
+"""  # code 3, comment 1, blank 1
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway_url, timeout=15) as http:
+        yield http
+
+
+def wait_for(person: Person, analysis_id: str, statuses: set[str], timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        analysis = expect(person.get(f"/api/v2/analyses/{analysis_id}"), 200)
+        if analysis["status"] in statuses or time.monotonic() > deadline:
+            return dict(analysis)
+        time.sleep(0.2)
+
+
+def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: Path) -> None:
+    person = register(client)
+    source = git_repository(
+        tmp_path / "project", {"app/main.py": PYTHON, "web/app.js": JAVASCRIPT, "cmd/main.go": GO, "README.md": "# T\n"}
+    )
+    repository = expect(
+        person.post("/api/v2/repositories", json={"name": "project", "url": str(source), "default_branch": "main"}),
+        201,
+    )
+    assert repository["url"].startswith("file://")
+    started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
+    assert started["status"] == "queued"
+    assert started["ref"] == "main"
+    done = wait_for(person, started["id"], {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == 100
+    assert done["attempts"] == 1
+    assert set(done["timings"]) >= {"fetch", "inventory"}
+    assert len(done["commit_sha"]) == 40
+    report = expect(person.get(f"/api/v2/analyses/{started['id']}/report"), 200)
+    languages = report["inventory"]["languages"]
+    assert {k: languages["Python"][k] for k in ("code", "comment", "blank")} == {"code": 3, "comment": 3, "blank": 4}
+    assert {k: languages["JavaScript"][k] for k in ("code", "comment", "blank")} == {
+        "code": 4,
+        "comment": 3,
+        "blank": 1,
+    }
+    assert {k: languages["Go"][k] for k in ("code", "comment", "blank")} == {"code": 3, "comment": 1, "blank": 1}
+    listed = expect(person.get("/api/v2/analyses", params={"repository_id": repository["id"]}), 200)
+    assert [a["id"] for a in listed["items"]] == [started["id"]]
+    assert expect(person.get("/api/v2/analyses", params={"status": "failed"}), 200)["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://github.com/django/django", "scheme"),
+        ("https://evil.example.com/owner/repo", "host_not_allowed"),
+        ("https://github.com.evil.com/owner/repo", "host_not_allowed"),
+        ("https://user:secret@github.com/owner/repo", "credentials"),
+        ("ext::sh%20-c%20touch%20/tmp/pwned", "transport"),
+        ("ext::sh -c touch% /tmp/pwned", None),
+        ("git@github.com:owner/repo.git", None),
+        ("ssh://github.com/owner/repo", "scheme"),
+        ("--upload-pack=touch /tmp/pwned", None),
+        ("relative/path", None),
+    ],
+)
+def test_bad_urls_are_refused_before_any_clone(client: httpx.Client, url: str, reason: str | None) -> None:
+    person = register(client)
+    response = person.post("/api/v2/repositories", json={"name": "r", "url": url})
+    assert response.status_code == 422, response.text
+    assert error_code(response) == "ERR_REPO_003"
+    if reason:
+        assert response.json()["error"]["details"] == {"field": "url", "reason": reason}
+    assert "secret" not in response.text
+
+
+def test_bad_refs_are_refused(client: httpx.Client, tmp_path: Path) -> None:
+    person = register(client)
+    source = git_repository(tmp_path / "refs", {"a.py": "x = 1\n"})
+    repository = expect(person.post("/api/v2/repositories", json={"name": "refs", "url": str(source)}), 201)
+    for ref in ("-q", "--upload-pack=x", "a..b", "x y"):
+        response = person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={"ref": ref})
+        assert response.status_code == 422, ref
+        assert error_code(response) == "ERR_REPO_004"
+
+
+def test_unknown_ref_fails_with_a_clear_error(client: httpx.Client, tmp_path: Path) -> None:
+    person = register(client)
+    source = git_repository(tmp_path / "noref", {"a.py": "x = 1\n"})
+    repository = expect(person.post("/api/v2/repositories", json={"name": "noref", "url": str(source)}), 201)
+    started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={"ref": "nope"}), 202)
+    done = wait_for(person, started["id"], {"succeeded", "failed"})
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "ERR_FETCH_003"
+    assert error_code(person.get(f"/api/v2/analyses/{started['id']}/report")) == "ERR_ANALYSIS_003"
+
+
+def test_repository_crud_and_viewers_read_only(client: httpx.Client, tmp_path: Path) -> None:
+    person = register(client)
+    source = git_repository(tmp_path / "crud", {"a.py": "x = 1\n"})
+    created = expect(person.post("/api/v2/repositories", json={"name": "Alpha", "url": str(source)}), 201)
+    assert error_code(person.post("/api/v2/repositories", json={"name": "alpha", "url": str(source)})) == "ERR_REPO_002"
+    expect(person.post("/api/v2/repositories", json={"name": "beta", "url": str(source)}), 201)
+    filtered = expect(person.get("/api/v2/repositories", params={"name": "ALP"}), 200)
+    assert [r["name"] for r in filtered["items"]] == ["Alpha"]
+    page = expect(person.get("/api/v2/repositories", params={"limit": 1}), 200)
+    assert len(page["items"]) == 1
+    assert page["next_cursor"]
+    renamed = expect(person.patch(f"/api/v2/repositories/{created['id']}", json={"default_branch": "dev"}), 200)
+    assert (renamed["name"], renamed["default_branch"]) == ("Alpha", "dev")
+    expect(person.delete(f"/api/v2/repositories/{created['id']}"), 204)
+    assert error_code(person.get(f"/api/v2/repositories/{created['id']}")) == "ERR_REPO_001"
+
+
+def test_deleting_a_tenant_drops_its_schema(client: httpx.Client, stack: Stack, tmp_path: Path) -> None:
+    owner = register(client)
+    tenant_id = found(owner)
+    source = git_repository(tmp_path / "gone", {"a.py": "x = 1\n"})
+    expect(owner.post("/api/v2/repositories", json={"name": "gone", "url": str(source)}), 201)
+    schema = tenant_schema(uuid.UUID(tenant_id))
+
+    def schema_exists() -> bool:
+        with psycopg.connect(stack.database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", [schema])
+            return bool(row.fetchone() == (1,))
+
+    assert schema_exists()
+    expect(owner.delete("/api/v2/tenants/current"), 202)
+    deadline = time.monotonic() + 10
+    while schema_exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not schema_exists()

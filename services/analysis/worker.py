@@ -304,6 +304,10 @@ class Worker:
     ) -> Settle:
         try:
             async with tenant_transaction(self._analyses.engine, tenant_id) as conn:
+                current = await repo.analysis_by_id(conn, analysis.id, for_update=True)
+                if current is not None and current.cancel_requested and status == SUCCEEDED:
+                    # Cancelled while the last step was finishing: the user's word wins.
+                    status, report, commit_sha = CANCELLED, None, ""
                 if status == FAILED and spec is not None:
                     await self._fail(conn, tenant_id, analysis, spec, run.timings)
                 elif (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -94,7 +95,7 @@ def test_two_workers_twenty_jobs_no_overlap(workers_stack: Stack, tmp_path: Path
         )
     for runs in by_repository.values():
         runs.sort()
-        for (_, end), (start, _) in zip(runs, runs[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(runs):
             assert end <= start, f"two analyses of one repository overlapped: {runs}"
     logs = workers_stack.logs(WORKER) + workers_stack.supervisor.logs("worker2")
     assert "worker.started" in workers_stack.supervisor.logs("worker2")

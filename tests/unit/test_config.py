@@ -80,3 +80,19 @@ def test_production_refuses_tenants_defaults(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TENANTS_MASTER_KEY", base64.b64encode(bytes(range(32))).decode())
     monkeypatch.setenv("INTERNAL_SERVICE_TOKENS", '{"analysis": "' + "s" * 40 + '"}')
     assert TenantsSettings().internal_service_tokens["analysis"].get_secret_value() == "s" * 40
+
+
+def test_production_refuses_local_repositories_and_the_development_service_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libs.common.config import AnalysisSettings
+
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
+    monkeypatch.setenv("NATS_URL", "nats://nats:4222")
+    monkeypatch.setenv("ALLOW_LOCAL_REPOSITORIES", "true")
+    monkeypatch.delenv("SERVICE_TOKEN", raising=False)
+    with pytest.raises(ValidationError) as caught:
+        AnalysisSettings()
+    assert "ALLOW_LOCAL_REPOSITORIES" in str(caught.value)
+    assert "SERVICE_TOKEN" in str(caught.value)

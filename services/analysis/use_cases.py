@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 TENANT_MIGRATIONS = MIGRATIONS / "tenant"
 SERVICE_MIGRATIONS = MIGRATIONS / "service"
-NEW_TENANT_WAIT_S = 3.0
+NEW_TENANT_WAIT_S = 5.0
 WRITERS = ("owner", "admin", "member")
 
 TenantConfigSource = Callable[[uuid.UUID], Awaitable[TenantConfig]]

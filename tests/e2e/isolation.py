@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.analysis_repos import git_repository
-from tests.e2e.people import Organisation, Person, expect, invite, organisation, register
+from tests.e2e.people import Organisation, Person, expect, invite, organisation, ready_for_analysis, register
 
 # Routes anyone may call, or that are about the caller's identity rather than a tenant's data.
 PUBLIC = {
@@ -125,6 +125,8 @@ def two_tenants(client: httpx.Client) -> TwoTenants:
     )
     expect(b["owner"].patch("/api/v2/settings", json={"llm_model": "model-of-b"}), 200)
     # A repository and a finished (cancelled) analysis of A's: data that B must never see or touch.
+    ready_for_analysis(a_owner)
+    ready_for_analysis(b["owner"])
     source = git_repository(Path(tempfile.mkdtemp(prefix="repolens-a-")), {"secret_of_a.py": "A = 1\n"})
     repository = expect(a_owner.post("/api/v2/repositories", json={"name": "a-secret-repo", "url": str(source)}), 201)
     analysis = expect(a_owner.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)

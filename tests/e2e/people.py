@@ -97,6 +97,13 @@ def register(client: httpx.Client, username: str | None = None) -> Person:
     return Person(client, username, user["id"], user["personal_tenant_id"]).login()
 
 
+def ready_for_analysis(person: Person, timeout_s: float = 30.0) -> Person:
+    """Waits until the person's tenant exists in the analysis service: it is provisioned by events
+    (user.registered, then tenant.created), which a loaded machine can take a few seconds to carry."""
+    eventually(lambda: person.get("/api/v2/repositories").status_code == 200, timeout_s=timeout_s, what="schema")
+    return person
+
+
 def found(owner: Person, slug: str | None = None) -> str:
     """A new organisation owned by `owner`, who then acts in it."""
     slug = slug or unique("org-")

@@ -15,7 +15,7 @@ import pytest
 from libs.devstack.stack import Stack
 from services.analysis.domain import tenant_schema
 from tests.e2e.analysis_repos import git_repository
-from tests.e2e.people import Person, error_code, expect, found, register
+from tests.e2e.people import Person, error_code, expect, found, ready_for_analysis, register
 
 PYTHON = '''"""A module docstring: two comment lines
 in cloc's eyes."""
@@ -61,7 +61,7 @@ def wait_for(person: Person, analysis_id: str, statuses: set[str], timeout_s: fl
 
 
 def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: Path) -> None:
-    person = register(client)
+    person = ready_for_analysis(register(client))
     source = git_repository(
         tmp_path / "project", {"app/main.py": PYTHON, "web/app.js": JAVASCRIPT, "cmd/main.go": GO, "README.md": "# T\n"}
     )
@@ -109,7 +109,7 @@ def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: P
     ],
 )
 def test_bad_urls_are_refused_before_any_clone(client: httpx.Client, url: str, reason: str | None) -> None:
-    person = register(client)
+    person = ready_for_analysis(register(client))
     response = person.post("/api/v2/repositories", json={"name": "r", "url": url})
     assert response.status_code == 422, response.text
     assert error_code(response) == "ERR_REPO_003"
@@ -119,7 +119,7 @@ def test_bad_urls_are_refused_before_any_clone(client: httpx.Client, url: str, r
 
 
 def test_bad_refs_are_refused(client: httpx.Client, tmp_path: Path) -> None:
-    person = register(client)
+    person = ready_for_analysis(register(client))
     source = git_repository(tmp_path / "refs", {"a.py": "x = 1\n"})
     repository = expect(person.post("/api/v2/repositories", json={"name": "refs", "url": str(source)}), 201)
     for ref in ("-q", "--upload-pack=x", "a..b", "x y"):
@@ -129,7 +129,7 @@ def test_bad_refs_are_refused(client: httpx.Client, tmp_path: Path) -> None:
 
 
 def test_unknown_ref_fails_with_a_clear_error(client: httpx.Client, tmp_path: Path) -> None:
-    person = register(client)
+    person = ready_for_analysis(register(client))
     source = git_repository(tmp_path / "noref", {"a.py": "x = 1\n"})
     repository = expect(person.post("/api/v2/repositories", json={"name": "noref", "url": str(source)}), 201)
     started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={"ref": "nope"}), 202)
@@ -140,7 +140,7 @@ def test_unknown_ref_fails_with_a_clear_error(client: httpx.Client, tmp_path: Pa
 
 
 def test_repository_crud_and_viewers_read_only(client: httpx.Client, tmp_path: Path) -> None:
-    person = register(client)
+    person = ready_for_analysis(register(client))
     source = git_repository(tmp_path / "crud", {"a.py": "x = 1\n"})
     created = expect(person.post("/api/v2/repositories", json={"name": "Alpha", "url": str(source)}), 201)
     assert error_code(person.post("/api/v2/repositories", json={"name": "alpha", "url": str(source)})) == "ERR_REPO_002"
@@ -159,6 +159,7 @@ def test_repository_crud_and_viewers_read_only(client: httpx.Client, tmp_path: P
 def test_deleting_a_tenant_drops_its_schema(client: httpx.Client, stack: Stack, tmp_path: Path) -> None:
     owner = register(client)
     tenant_id = found(owner)
+    ready_for_analysis(owner)
     source = git_repository(tmp_path / "gone", {"a.py": "x = 1\n"})
     expect(owner.post("/api/v2/repositories", json={"name": "gone", "url": str(source)}), 201)
     schema = tenant_schema(uuid.UUID(tenant_id))

@@ -15,7 +15,7 @@ import pytest
 
 from libs.devstack.stack import WORKER, Stack
 from tests.e2e.analysis_repos import git_repository
-from tests.e2e.people import Person, expect, register
+from tests.e2e.people import Person, expect, ready_for_analysis, register
 
 FAST_REDELIVERY = {"JOB_ACK_WAIT_S": "3", "WORKER_CONCURRENCY": "2", "LOG_LEVEL": "INFO"}
 
@@ -52,7 +52,7 @@ def _start(person: Person, repository_id: str) -> str:
 
 def test_a_killed_worker_leads_to_one_retry_and_one_result(workers_stack: Stack, big_repository: Path) -> None:
     with httpx.Client(base_url=workers_stack.gateway_url, timeout=15) as client:
-        person = register(client)
+        person = ready_for_analysis(register(client))
         repository = expect(person.post("/api/v2/repositories", json={"name": "big", "url": str(big_repository)}), 201)
         analysis_id = _start(person, repository["id"])
         running = _wait(person, analysis_id, lambda a: a["status"] != "queued", 30)
@@ -77,7 +77,7 @@ def test_two_workers_twenty_jobs_no_overlap(workers_stack: Stack, tmp_path: Path
         "worker2", workers_stack.argv(WORKER), env=workers_stack.env(WORKER), cwd=workers_stack.cwd
     )
     with httpx.Client(base_url=workers_stack.gateway_url, timeout=15) as client:
-        person = register(client)
+        person = ready_for_analysis(register(client))
         repositories = []
         for index in range(4):
             source = git_repository(tmp_path / f"r{index}", many_files(300))
@@ -105,7 +105,7 @@ def test_two_workers_twenty_jobs_no_overlap(workers_stack: Stack, tmp_path: Path
 @pytest.mark.parametrize("step", ["fetch", "inventory"])
 def test_cancel_while_running(step: str, workers_stack: Stack, big_repository: Path, tmp_path: Path) -> None:
     with httpx.Client(base_url=workers_stack.gateway_url, timeout=15) as client:
-        person = register(client)
+        person = ready_for_analysis(register(client))
         repository = expect(person.post("/api/v2/repositories", json={"name": "big", "url": str(big_repository)}), 201)
         analysis_id = _start(person, repository["id"])
         if step == "fetch":  # the first step: cancel as soon as the analysis runs

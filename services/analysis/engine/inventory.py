@@ -8,16 +8,24 @@ shebang (see `languages.py`), and counts its lines the way cloc does:
 * comment: a non-blank line holding only comments (line comments, block comments, Python docstrings);
 * code: any other non-blank line; a line with code and a trailing comment is code, and so is a line of a string.
 
-Comment markers inside string literals do not open comments; Python triple-quoted strings standing alone as a
-statement (docstrings) are comments, other triple-quoted strings (`x = \"\"\"...\"\"\"`) are code; JavaScript regex
-literals are recognised where an operand may start.
+Comment markers inside string literals do not open comments, also in strings nested in interpolations
+(`` `a${f(`/*`)}` ``); Python strings standing alone as a statement (docstrings) are comments, other strings
+(`x = \"\"\"...\"\"\"`) are code; JavaScript regex literals are recognised where an operand may start; a first line
+starting with `#!` is code; a UTF-8 byte-order mark is ignored.
 
-Skipped, and counted in `Inventory.skipped` by reason (every reason but `excluded_dir` counts files):
+Where this differs from cloc 1.96 on purpose (cloc's rule, then ours): every Python triple-quoted string is a
+comment (only standalone strings are, and one-line `"docstrings"` too); a blank line after a line ending in a
+backslash is code (blank); `/*` in a JavaScript template literal or a glob string opens a comment (it does not);
+CMake `#[[...]]` bracket comments and Perl POD other than `=head1` are code (comments); `@rem` in a batch file is
+code (a comment); reStructuredText `..` directive blocks are comments (no comments in reStructuredText).
 
-* `excluded_dir`: a directory that is not the project's own source, pruned without being read: VCS metadata is
-  left out silently, these are counted (one per directory): the names in `EXCLUDED_DIRS` (dependencies, virtual
-  environments, caches, build output), `*.egg-info`, and any directory holding a `CACHEDIR.TAG` (Cargo's
-  `target/`, many caches) or a `pyvenv.cfg` (a virtual environment of any name).
+Skipped, and counted in `Inventory.skipped` by reason (every reason but `excluded_dir` counts files). Version
+control metadata (`VCS_NAMES`: `.git`, `.hg`, `.svn`, ...) is left out without being counted.
+
+* `excluded_dir`: directories (one count each; their contents are not walked) that are not the project's own
+  source: the names in `EXCLUDED_DIRS` (vendored dependencies, virtual environments, caches, build output),
+  `*.egg-info`, and any directory holding a `CACHEDIR.TAG` (Cargo's `target/`, many caches) or a `pyvenv.cfg` (a
+  virtual environment of any name).
 * `symlink`: symbolic links, to files or directories, wherever they point.
 * `not_regular`: sockets, FIFOs, devices.
 * `generated`: generated code by name (`GENERATED_SUFFIXES`, `GENERATED_NAMES`: protobuf and gRPC output, lock
@@ -36,6 +44,7 @@ Memory: one file's bytes at a time (at most `max_file_bytes`), plus one small re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -51,6 +60,7 @@ __all__ = [
     "GENERATED_NAMES",
     "GENERATED_SUFFIXES",
     "MINIFIED_SUFFIXES",
+    "VCS_NAMES",
     "Cancelled",
     "FileStats",
     "Inventory",
@@ -407,12 +417,13 @@ def _counter(lang: Language) -> _Counter:
 
 
 _NORMAL, _IN_BLOCK, _IN_STRING, _IN_LINE_BLOCK = range(4)
-_LINE_COMMENT, _BLOCK_COMMENT, _STRING = range(3)
+_LINE_COMMENT, _BLOCK_COMMENT, _STRING, _BRACKET = range(4)
 # What may stand before a Python docstring's quotes on its line: nothing, or a string prefix.
 _DOC_PREFIXES = frozenset({b"", b"r", b"u", b"R", b"U", b"f", b"F", b"b", b"B", b"rb", b"br", b"Rb", b"bR", b"RB"})
 # After these, a '/' in JavaScript starts a regex literal rather than a division.
 _REGEX_AFTER = frozenset(b"(,=:[!&|?{};+-*%<>~^")
 _REGEX_AFTER_WORD = re.compile(rb"(?:^|[^\w$])(?:return|typeof|case|do|else|in|of|void|yield|await|delete|throw|new)$")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _CLOSERS = b")]}"
 _OPENERS = b"([{"
 _PY_STATEMENT_START = (b"def ", b"class ", b"async def ", b"@", b"if __name__")
@@ -422,6 +433,8 @@ _PY_STATEMENT_START = (b"def ", b"class ", b"async def ", b"@", b"if __name__")
 class _Action:
     kind: int
     close: bytes = b""  # block comments
+    close_format: bytes = b""  # block comments whose closer is close_format % the opener's `delim` group
+    delim: str = "delim"  # the name of that group in the combined pattern
     nest: re.Pattern[bytes] | None = None  # nesting block comments: open|close
     rule: StringRule | None = None
     body: re.Pattern[bytes] | None = None  # strings with a fixed closer
@@ -431,7 +444,39 @@ def _body_for(rule: StringRule, action: _Action, match: re.Match[bytes]) -> re.P
     if action.body is not None:
         return action.body
     assert rule.close_format is not None
-    return re.compile(rb"(?s).*?" + re.escape(rule.close_format % match.group("delim")))
+    return re.compile(rb"(?s).*?" + re.escape(rule.close_format % match.group(action.delim)))
+
+
+def _first_byte(fragment: bytes) -> bytes:
+    """The first byte an opener pattern consumes, after any leading look-behind; it must be a plain character
+    (or an escaped one): patterns that can begin otherwise declare their `starts`."""
+    while fragment.startswith((b"(?<=", b"(?<!")):
+        depth, i = 0, 0
+        while True:
+            c = fragment[i : i + 1]
+            if c == b"\\":
+                i += 2
+                continue
+            if c == b"[":
+                i = fragment.index(b"]", i + 2)
+            elif c == b"(":
+                depth += 1
+            elif c == b")":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        fragment = fragment[i + 1 :]
+    if fragment.startswith(b"\\") and len(fragment) > 1 and not fragment[1:2].isalnum():
+        return fragment[1:2]
+    first = fragment[:1]
+    if not first or first in b"()[]{}?*+|.^$\\":
+        raise ValueError(f"cannot tell how {fragment!r} begins: give its starts")
+    return first
+
+
+def _byte_class(chars: set[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([c])) for c in sorted(chars)) + b"]"
 
 
 def _regex_allowed(line: bytes, start: int) -> bool:
@@ -465,54 +510,87 @@ class _Counter:
         actions: dict[int, _Action] = {}
         group = 1
 
-        def add(fragment: bytes, action: _Action) -> None:
+        starts: set[int] = set()
+
+        def add(fragment: bytes, action: _Action, first: bytes = b"") -> None:
             nonlocal group
+            if b"(?P<delim>" in fragment:  # group names must be unique in the alternation
+                delim = f"delim{group}"
+                fragment = fragment.replace(b"(?P<delim>", b"(?P<" + delim.encode() + b">")
+                action = dataclasses.replace(action, delim=delim)
             parts.append(b"(" + fragment + b")")
             actions[group] = action
             group += 1 + re.compile(fragment).groups
+            starts.update(first or _first_byte(fragment))
 
         for opener, closer in sorted(lang.block_comments, key=lambda oc: -len(oc[0])):
             nest = re.compile(re.escape(opener) + b"|" + re.escape(closer)) if lang.nested_blocks else None
-            add(re.escape(opener), _Action(_BLOCK_COMMENT, close=closer, nest=nest))
+            add(re.escape(opener), _Action(_BLOCK_COMMENT, close=closer, nest=nest), opener[:1])
+        for opener, close_format in lang.delimited_block_comments:
+            add(opener, _Action(_BLOCK_COMMENT, close_format=close_format))
         for rule in lang.strings:
             body = None if rule.close_format is not None else re.compile(rule.body)
-            add(rule.opener, _Action(_STRING, rule=rule, body=body))
+            add(rule.opener, _Action(_STRING, rule=rule, body=body), rule.starts)
         for marker in lang.line_comments:
             add(marker, _Action(_LINE_COMMENT))
+        # `opener` matches at a candidate position, which the plain character class `candidates` finds fast (an
+        # alternation of groups would be tried at every position of every line, several times slower).
         self.opener: re.Pattern[bytes] | None = re.compile(b"|".join(parts)) if parts else None
+        self.candidates: re.Pattern[bytes] | None = re.compile(_byte_class(starts)) if parts else None
+        # Inside an interpolation (`${...}`): the same, plus the brackets that may close it.
+        brackets = {c for rule in lang.strings if rule.interpolation for c in rule.brackets}
+        for c in sorted(brackets):
+            add(re.escape(bytes([c])), _Action(_BRACKET))
+        self.interpolating = bool(brackets)
+        self.opener_in_interpolation = re.compile(b"|".join(parts)) if brackets else self.opener
+        self.candidates_in_interpolation = re.compile(_byte_class(starts)) if brackets else self.candidates
         self.actions = actions
 
     def count(self, data: bytes) -> tuple[int, int, int]:
+        if data.startswith(_UTF8_BOM):
+            data = data[len(_UTF8_BOM) :]
         lines = data.split(b"\n")
         if lines[-1] == b"":
             lines.pop()
-        if self.plain or self.opener is None and self.full_line is None and not self.line_blocks:
+        if self.plain or (self.opener is None and self.full_line is None and not self.line_blocks):
             blank = sum(1 for line in lines if not line or line.isspace())
             return len(lines) - blank, 0, blank
-        search = self.opener.search if self.opener is not None else None
+        plain_match = self.opener.match if self.opener is not None else None
+        plain_search = self.candidates.search if self.candidates is not None else None
+        interp_match = self.opener_in_interpolation.match if self.opener_in_interpolation is not None else None
+        interp_search = (
+            self.candidates_in_interpolation.search if self.candidates_in_interpolation is not None else None
+        )
         actions = self.actions
         full_line = self.full_line
         line_blocks = self.line_blocks
         python = self.track_python
         code = comment = blank = 0
+        if lines and lines[0].startswith(b"#!") and not lines[0].startswith(b"#!["):
+            code = 1  # a shebang is an interpreter directive, not a comment (cloc counts it as code too)
+            del lines[0]
         state = _NORMAL
         close = b""  # the closer of the block comment we are in
         nest: re.Pattern[bytes] | None = None
         nest_open = b""
         depth = 0
         body: re.Pattern[bytes] | None = None  # the rest of the string we are in
+        body_rule: StringRule | None = None
+        # Open interpolations, innermost last: [bracket depth, string rule, string body].
+        interpolations: list[tuple[list[int], StringRule, re.Pattern[bytes]]] = []
         block_end: re.Pattern[bytes] | None = None
         doc_pending = 0  # lines of a possible docstring, classified once it closes
         brackets = 0  # Python: bracket depth, to tell docstrings from strings inside expressions
-        continued = False  # Python: the previous line ended with a backslash
+        continued = False  # Python: this line ends with a backslash (outside strings and comments)
         for line in lines:
             if not line or line.isspace():
                 blank += 1
                 continue
             has_code = False
-            has_comment = False
             doc_closed = 0
             pos = 0
+            after_backslash = continued
+            continued = False
             if state == _NORMAL:
                 if full_line is not None and full_line.match(line):
                     comment += 1
@@ -540,7 +618,6 @@ class _Counter:
                     if pos < 0:
                         comment += 1
                         continue
-                has_comment = True
                 state = _NORMAL
             elif state == _IN_STRING:
                 assert body is not None
@@ -558,6 +635,12 @@ class _Counter:
                     doc_pending = 0
                 else:
                     has_code = True
+                    if (
+                        body_rule is not None
+                        and body_rule.interpolation
+                        and line.endswith(body_rule.interpolation, 0, pos)
+                    ):
+                        interpolations.append(([0], body_rule, body))
             else:  # _IN_LINE_BLOCK
                 comment += 1
                 assert block_end is not None
@@ -566,7 +649,18 @@ class _Counter:
                 continue
 
             while True:
-                m = search(line, pos) if search is not None else None
+                m = None
+                if interpolations:
+                    search, match = interp_search, interp_match
+                else:
+                    search, match = plain_search, plain_match
+                if search is not None and match is not None:
+                    at = pos
+                    while (candidate := search(line, at)) is not None:
+                        m = match(line, candidate.start())
+                        if m is not None:
+                            break
+                        at = candidate.start() + 1
                 if m is None:
                     seg = line[pos:] if pos else line
                     if seg and not has_code and not seg.isspace():
@@ -585,11 +679,8 @@ class _Counter:
                 action = actions[m.lastindex or 0]
                 kind = action.kind
                 if kind == _LINE_COMMENT:
-                    has_comment = True
-                    continued = False
                     break
                 if kind == _BLOCK_COMMENT:
-                    has_comment = True
                     if action.nest is not None:
                         nest, nest_open = action.nest, m.group()
                         pos, depth = _skip_nested(line, m.end(), 1, nest, nest_open)
@@ -597,7 +688,7 @@ class _Counter:
                             state = _IN_BLOCK
                             break
                     else:
-                        close = action.close
+                        close = action.close or action.close_format % m.group(action.delim)
                         found = line.find(close, m.end())
                         if found < 0:
                             nest = None
@@ -605,18 +696,31 @@ class _Counter:
                             break
                         pos = found + len(close)
                     continue
-                rule = action.rule
-                assert rule is not None
-                if rule.regex_literal and not _regex_allowed(line, start):
-                    has_code = True
-                    pos = m.end()
-                    continue
-                string_body = _body_for(rule, action, m)
-                end = string_body.match(line, m.end())
+                has_code = True
+                pos = m.end()
+                if kind == _BRACKET:  # only seen inside an interpolation
+                    level, rule, string_body = interpolations[-1]
+                    if line[start] == rule.brackets[0]:
+                        level[0] += 1
+                        continue
+                    if line[start] != rule.brackets[1]:
+                        continue
+                    if level[0]:
+                        level[0] -= 1
+                        continue
+                    interpolations.pop()  # back into the string
+                else:
+                    assert action.rule is not None
+                    rule = action.rule
+                    if rule.regex_literal and not _regex_allowed(line, start):
+                        continue
+                    string_body = _body_for(rule, action, m)
+                end = string_body.match(line, pos)
                 if (
                     rule.docstring
+                    and (end is not None or rule.multiline or line.rstrip().endswith(b"\\"))
                     and brackets <= 0
-                    and not continued
+                    and not after_backslash
                     and doc_closed == 0
                     and line[:start].strip() in _DOC_PREFIXES
                 ):
@@ -626,18 +730,19 @@ class _Counter:
                         pos = end.end()
                         continue
                     state = _IN_STRING
-                    body = string_body
+                    body, body_rule = string_body, rule
                     doc_pending = 1
                     break
-                has_code = True
                 if end is not None:
+                    if rule.interpolation and line.endswith(rule.interpolation, pos, end.end()):
+                        interpolations.append(([0], rule, string_body))
                     pos = end.end()
                     continue
-                if rule.multiline:
+                if rule.multiline or line.rstrip().endswith(b"\\"):  # a backslash-newline continues a string
                     state = _IN_STRING
-                    body = string_body
+                    body, body_rule = string_body, rule
                     break
-                pos = m.end()  # an unterminated one-line string: take the quote as code and go on
+                # An unterminated one-line string: take the quote as code and go on.
 
             if doc_pending:  # a docstring began on this line and goes on: classified when it closes
                 continue

@@ -33,7 +33,14 @@ class StringRule:
     the opener. `multiline` strings may run over line ends (their `body` is then tried again on each following
     line). When `close_format` is set the closer depends on the opener's `delim` group: `body` is built as
     "anything, lazily, then close_format % delim" (C++ `R"x(...)x"`, Rust `r#"..."#`). `docstring` marks Python's
-    strings (a comment when one stands alone as a statement), and `regex_literal` a JavaScript `/.../` literal, recognised only where an operand may start.
+    strings (a comment when one stands alone as a statement), and `regex_literal` a JavaScript `/.../` literal,
+    recognised only where an operand may start. `starts` lists the bytes the opener can begin with when that is
+    not its first character (after any leading look-behind): the counter looks for those bytes first.
+
+    An interpolating string (JavaScript's `${...}`, Ruby's `#{...}`, Swift's `\\(...)`) has a `body` that stops
+    either at the closing quote or just after `interpolation`; the counter then reads code, tracking the
+    `brackets` pair (`{}` or `()`), and goes back into the string at the bracket that closes the interpolation,
+    so that strings nested in the interpolated expression (`` `a${f(`b`)}c` ``) are read right.
     """
 
     opener: bytes
@@ -42,6 +49,9 @@ class StringRule:
     close_format: bytes | None = None
     docstring: bool = False
     regex_literal: bool = False
+    starts: bytes = b""
+    interpolation: bytes = b""
+    brackets: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,9 @@ class Language:
     line_comments: tuple[bytes, ...] = ()
     block_comments: tuple[tuple[bytes, bytes], ...] = ()
     nested_blocks: bool = False
+    # Block comments whose closer depends on the opener: (opener pattern with a `delim` group, closer format),
+    # as in CMake's `#[==[ ... ]==]` (closer b"]%s]").
+    delimited_block_comments: tuple[tuple[bytes, bytes], ...] = ()
     strings: tuple[StringRule, ...] = ()
     # A line matching this (at its start) is a comment, whatever follows; nothing else is a comment.
     full_line_comment: bytes | None = None
@@ -65,7 +78,13 @@ class Language:
 
     @property
     def has_comments(self) -> bool:
-        return bool(self.line_comments or self.block_comments or self.full_line_comment or self.line_blocks)
+        return bool(
+            self.line_comments
+            or self.block_comments
+            or self.delimited_block_comments
+            or self.full_line_comment
+            or self.line_blocks
+        )
 
 
 # --- string rules -----------------------------------------------------------------------------------------------
@@ -82,7 +101,33 @@ SQ_RAW_ML = StringRule(rb"'", rb"[^']*'", multiline=True)
 # A character literal: one character or one escape sequence, so that Rust lifetimes (`'a`) and C's `'"'` work.
 CHAR = StringRule(rb"'", rb"(?:[^'\\]|\\(?:x[0-9a-fA-F]{1,8}|u\{[0-9a-fA-F]{1,6}\}|u[0-9a-fA-F]{4}|[0-7]{1,3}|.))'")
 BACKTICK_RAW = StringRule(rb"`", rb"[^`]*`", multiline=True)
-JS_TEMPLATE = StringRule(rb"`", rb"[^`\\]*(?:\\.[^`\\]*)*`", multiline=True)
+JS_TEMPLATE = StringRule(
+    rb"`", rb"[^`\\$]*(?:(?:\\.|\$(?!\{))[^`\\$]*)*(?:`|\$\{)", multiline=True, interpolation=b"${", brackets=b"{}"
+)
+# "...#{expr}...": Ruby.
+HASH_INTERPOLATED_DQ_ML = StringRule(
+    rb'"', rb'[^"\\#]*(?:(?:\\.|#(?!\{))[^"\\#]*)*(?:"|#\{)', multiline=True, interpolation=b"#{", brackets=b"{}"
+)
+# "...${expr}...": Kotlin, Groovy, Dart, and their triple-quoted strings.
+DOLLAR_INTERPOLATED_DQ = StringRule(
+    rb'"', rb'[^"\\$]*(?:(?:\\.|\$(?!\{))[^"\\$]*)*(?:"|\$\{)', interpolation=b"${", brackets=b"{}"
+)
+DOLLAR_INTERPOLATED_TRIPLE_DQ = StringRule(
+    rb'"""',
+    rb'[^"\\$]*(?:(?:\\.|"(?!"")|\$(?!\{))[^"\\$]*)*(?:"""|\$\{)',
+    multiline=True,
+    interpolation=b"${",
+    brackets=b"{}",
+)
+# Swift: "...\(expr)...".
+SWIFT_DQ = StringRule(rb'"', rb'[^"\\]*(?:\\[^(][^"\\]*)*(?:"|\\\()', interpolation=b"\\(", brackets=b"()")
+SWIFT_TRIPLE_DQ = StringRule(
+    rb'"""',
+    rb'[^"\\]*(?:(?:\\[^(]|"(?!""))[^"\\]*)*(?:"""|\\\()',
+    multiline=True,
+    interpolation=b"\\(",
+    brackets=b"()",
+)
 JS_REGEX = StringRule(rb"/(?![/*])", rb"(?:[^/\\\[]|\\.|\[(?:[^\]\\]|\\.)*\])+/[A-Za-z]*", regex_literal=True)
 TRIPLE_DQ = StringRule(rb'"""', rb'[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*"""', multiline=True)
 TRIPLE_SQ = StringRule(rb"'''", rb"[^'\\]*(?:(?:\\.|'(?!''))[^'\\]*)*'''", multiline=True)
@@ -90,11 +135,18 @@ PY_TRIPLE_DQ = StringRule(TRIPLE_DQ.opener, TRIPLE_DQ.body, multiline=True, docs
 PY_TRIPLE_SQ = StringRule(TRIPLE_SQ.opener, TRIPLE_SQ.body, multiline=True, docstring=True)
 PY_DQ = StringRule(DQ.opener, DQ.body, docstring=True)
 PY_SQ = StringRule(SQ.opener, SQ.body, docstring=True)
-CS_VERBATIM = StringRule(rb'\$?@\$?"', rb'[^"]*(?:""[^"]*)*"', multiline=True)
+CS_VERBATIM = StringRule(rb'\$?@\$?"', rb'[^"]*(?:""[^"]*)*"', multiline=True, starts=b"$@")
 CPP_RAW = StringRule(
-    rb'(?<![A-Za-z0-9_])(?:u8|[uUL])?R"(?P<delim>[^()\\\s"]{0,16})\(', b"", multiline=True, close_format=b')%s"'
+    rb'(?<![A-Za-z0-9_])(?:u8|[uUL])?R"(?P<delim>[^()\\\s"]{0,16})\(',
+    b"",
+    multiline=True,
+    close_format=b')%s"',
+    starts=b"uULR",
 )
-RUST_RAW = StringRule(rb'(?<![A-Za-z0-9_])b?r(?P<delim>#*)"', b"", multiline=True, close_format=b'"%s')
+RUST_RAW = StringRule(rb'(?<![A-Za-z0-9_])b?r(?P<delim>#*)"', b"", multiline=True, close_format=b'"%s', starts=b"br")
+
+# Lua's and CMake's [[...]], [==[...]==].
+BRACKET_STRING = StringRule(rb"\[(?P<delim>=*)\[", b"", multiline=True, close_format=b"]%s]")
 
 _C_BLOCK = ((b"/*", b"*/"),)
 _HTML_BLOCK = ((b"<!--", b"-->"),)
@@ -172,7 +224,7 @@ LANGUAGES: tuple[Language, ...] = (
         line_comments=_SLASHES,
         block_comments=_C_BLOCK,
         nested_blocks=True,
-        strings=(TRIPLE_DQ, DQ, CHAR),
+        strings=(DOLLAR_INTERPOLATED_TRIPLE_DQ, DOLLAR_INTERPOLATED_DQ, CHAR),
     ),
     Language(
         "Swift",
@@ -181,7 +233,7 @@ LANGUAGES: tuple[Language, ...] = (
         line_comments=_SLASHES,
         block_comments=_C_BLOCK,
         nested_blocks=True,
-        strings=(TRIPLE_DQ, DQ),
+        strings=(SWIFT_TRIPLE_DQ, SWIFT_DQ),
     ),
     Language(
         "Scala",
@@ -192,8 +244,24 @@ LANGUAGES: tuple[Language, ...] = (
         nested_blocks=True,
         strings=(TRIPLE_DQ, DQ, CHAR),
     ),
-    _c_like("Groovy", (".groovy", ".gradle", ".gvy"), TRIPLE_DQ, TRIPLE_SQ, filenames=("Jenkinsfile",)),
-    _c_like("Dart", (".dart",), TRIPLE_DQ, TRIPLE_SQ),
+    Language(
+        "Groovy",
+        "programming",
+        (".groovy", ".gradle", ".gvy"),
+        filenames=("Jenkinsfile",),
+        line_comments=_SLASHES,
+        block_comments=_C_BLOCK,
+        strings=(DOLLAR_INTERPOLATED_TRIPLE_DQ, TRIPLE_SQ, DOLLAR_INTERPOLATED_DQ, SQ),
+    ),
+    Language(
+        "Dart",
+        "programming",
+        (".dart",),
+        line_comments=_SLASHES,
+        block_comments=_C_BLOCK,
+        nested_blocks=True,
+        strings=(DOLLAR_INTERPOLATED_TRIPLE_DQ, TRIPLE_SQ, DOLLAR_INTERPOLATED_DQ, SQ),
+    ),
     _c_like("Protocol Buffers", (".proto",)),
     _c_like("Zig", (".zig",)),
     Language(
@@ -211,7 +279,7 @@ LANGUAGES: tuple[Language, ...] = (
         filenames=("Gemfile", "Rakefile", "Vagrantfile", "Guardfile", "Podfile", "Fastfile", "Brewfile"),
         interpreters=("ruby", "jruby"),
         line_comments=_HASH,
-        strings=(DQ_ML, SQ_ML),
+        strings=(HASH_INTERPOLATED_DQ_ML, SQ_ML),
         line_blocks=((rb"=begin\b", rb"=end\b"),),
     ),
     Language(
@@ -230,7 +298,8 @@ LANGUAGES: tuple[Language, ...] = (
         interpreters=("perl",),
         line_comments=_HASH_WORD,
         strings=(DQ, SQ),
-        line_blocks=((rb"=[A-Za-z]", rb"=cut\b"),),
+        # POD, and everything after __END__ or __DATA__ (as cloc counts them).
+        line_blocks=((rb"=[A-Za-z]", rb"=cut\b"), (rb"__(?:END|DATA)__\b", rb"(?!)")),
     ),
     Language(
         "Shell",
@@ -262,8 +331,8 @@ LANGUAGES: tuple[Language, ...] = (
         (".lua",),
         interpreters=("lua", "luajit"),
         line_comments=(rb"--(?!\[=*\[)",),
-        block_comments=((b"--[[", b"]]"), (b"--[=[", b"]=]"), (b"--[==[", b"]==]")),
-        strings=(DQ, SQ),
+        delimited_block_comments=((rb"--\[(?P<delim>=*)\[", b"]%s]"),),
+        strings=(DQ, SQ, BRACKET_STRING),
     ),
     Language(
         "R",
@@ -408,8 +477,8 @@ LANGUAGES: tuple[Language, ...] = (
         (".cmake",),
         filenames=("CMakeLists.txt",),
         line_comments=(rb"#(?!\[=*\[)",),
-        block_comments=((b"#[[", b"]]"), (b"#[=[", b"]=]")),
-        strings=(DQ_ML,),
+        delimited_block_comments=((rb"#\[(?P<delim>=*)\[", b"]%s]"),),
+        strings=(DQ_ML, BRACKET_STRING),
     ),
     Language(
         "Starlark",
@@ -440,11 +509,14 @@ def _index() -> tuple[dict[str, Language], dict[str, Language], dict[str, Langua
     prefixes: list[tuple[str, Language]] = []
     for lang in LANGUAGES:
         for ext in lang.extensions:
-            assert ext == ext.lower() and ext.startswith("."), ext
-            assert ext not in by_ext, f"{ext} claimed by {by_ext.get(ext)} and {lang.name}"
+            if ext != ext.lower() or not ext.startswith("."):
+                raise ValueError(f"{lang.name}: extensions are lower-case and start with a dot: {ext}")
+            if ext in by_ext:
+                raise ValueError(f"{ext} claimed by {by_ext[ext].name} and {lang.name}")
             by_ext[ext] = lang
         for name in lang.filenames:
-            assert name not in by_filename, name
+            if name in by_filename:
+                raise ValueError(f"{name} claimed by {by_filename[name].name} and {lang.name}")
             by_filename[name] = lang
         for interpreter in lang.interpreters:
             by_interpreter[interpreter] = lang

@@ -23,8 +23,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.devstack.servers import EmbeddedPostgres, create_database, database_url_for, drop_database  # noqa: E402
-from services.analysis.domain import tenant_schema  # noqa: E402
+from libs.devstack.servers import EmbeddedPostgres, create_database, database_url_for, drop_database
+from services.analysis.domain import tenant_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

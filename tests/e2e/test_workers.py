@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from libs.devstack.servers import EmbeddedNats
 from libs.devstack.stack import WORKER, Stack
 from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import Person, expect, ready_for_analysis, register
@@ -33,8 +34,10 @@ def big_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def workers_stack(make_stack: Callable[..., Stack]) -> Stack:
-    return make_stack(fresh_database=True, extra_env=FAST_REDELIVERY)
+def workers_stack(make_stack: Callable[..., Stack], own_nats: EmbeddedNats) -> Stack:
+    """A stack of its own, NATS included: durable consumers are named per service, so two stacks on one
+    NATS would share them and take each other's events."""
+    return make_stack(fresh_database=True, nats_url=own_nats.url, extra_env=FAST_REDELIVERY)
 
 
 def _wait(person: Person, analysis_id: str, done: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:

@@ -328,7 +328,9 @@ def test_stack_environment_names_ports_targets_and_extra_env() -> None:
     assert auth["NATS_URL"] == "nats://n"
     assert auth["ENVIRONMENT"] == "test"
     assert auth["LOG_LEVEL"] == "DEBUG"
-    assert stack.argv("tenants", "migrate")[1:] == ["-m", "services.tenants", "migrate"]
+    assert stack.argv("tenants", "migrate")[1:] == ["-m", "services.tenants", "migrate", "up"]
+    assert stack.argv("worker")[1:] == ["-m", "services.analysis", "worker"]
+    assert gateway["ANALYSIS_GRPC_TARGET"] == f"127.0.0.1:{stack.grpc_ports['analysis']}"
     assert stack.argv("gateway")[1:] == ["-m", "gateway"]
     with pytest.raises(KeyError):
         stack.stop_service("nope")
@@ -445,7 +447,7 @@ def test_launcher_on_given_urls_stops_everything_when_a_service_crashes(
         assert "external servers (DATABASE_URL, NATS_URL)" in banner
         services = {_cmdline(child): child for child in _children(proc.pid)}
         auth = next(pid for cmd, pid in services.items() if "services.auth serve" in cmd)
-        assert len(services) == 3
+        assert len(services) == 5  # auth, tenants, analysis, worker, gateway
         os.kill(auth, signal.SIGKILL)
         rest, _ = proc.communicate(timeout=60)
     finally:

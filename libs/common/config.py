@@ -6,9 +6,9 @@ import base64
 import binascii
 import os
 from enum import StrEnum
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Development-only master key (32 zero-ish bytes, base64). Production refuses it.
@@ -144,11 +144,20 @@ def decode_master_key(value: str) -> bytes:
     return raw
 
 
+def _master_key_shape(value: SecretStr) -> SecretStr:
+    decode_master_key(value.get_secret_value())
+    return value
+
+
+# A master key setting: refused at start-up unless it is base64 of 32 bytes.
+MasterKey = Annotated[SecretStr, AfterValidator(_master_key_shape)]
+
+
 class AuthSettings(GrpcServiceSettings):
     """The auth service."""
 
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
-    auth_master_key: SecretStr = Field(
+    auth_master_key: MasterKey = Field(
         default=SecretStr(DEVELOPMENT_MASTER_KEY), description="base64 of 32 bytes; encrypts signing keys"
     )
     refresh_token_ttl_s: int = Field(default=30 * 86400, ge=60, description="Lifetime of a refresh token")
@@ -156,12 +165,6 @@ class AuthSettings(GrpcServiceSettings):
     argon2_time_cost: int = Field(default=2, ge=1, description="argon2id iterations (OWASP: 2)")
     argon2_memory_kib: int = Field(default=19456, ge=1024, description="argon2id memory in KiB (OWASP: 19 MiB)")
     argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes (OWASP: 1)")
-
-    @field_validator("auth_master_key")
-    @classmethod
-    def _key_shape(cls, value: SecretStr) -> SecretStr:
-        decode_master_key(value.get_secret_value())
-        return value
 
     @property
     def master_key(self) -> bytes:
@@ -181,7 +184,7 @@ class TenantsSettings(GrpcServiceSettings):
     """The tenants service."""
 
     grpc_port: int = Field(default=50052, ge=0, le=65535, description="gRPC port (0 picks a free one)")
-    tenants_master_key: SecretStr = Field(
+    tenants_master_key: MasterKey = Field(
         default=SecretStr(DEVELOPMENT_MASTER_KEY), description="base64 of 32 bytes; wraps the tenants' data keys"
     )
     invitation_ttl_s: int = Field(default=7 * 86400, ge=60, description="How long an invitation can be accepted")
@@ -189,12 +192,6 @@ class TenantsSettings(GrpcServiceSettings):
         default_factory=lambda: {"analysis": SecretStr(DEVELOPMENT_SERVICE_TOKEN)},
         description="Service name to credential (JSON) for the internal RPCs",
     )
-
-    @field_validator("tenants_master_key")
-    @classmethod
-    def _key_shape(cls, value: SecretStr) -> SecretStr:
-        decode_master_key(value.get_secret_value())
-        return value
 
     @property
     def master_key(self) -> bytes:

@@ -18,6 +18,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common import errors
 from libs.common.db import autocommit
@@ -35,6 +36,8 @@ from services.analysis.domain import (
     JOBS_STREAM,
     JOBS_SUBJECT,
     SUCCEEDED,
+    Analysis,
+    Repository,
 )
 from services.analysis.engine.fetch import FetchCancelled, FetchError, fetch
 from services.analysis.engine.inventory import Cancelled, inventory
@@ -170,7 +173,7 @@ class Worker:
             finally:
                 await repo.unlock_repository(lock, repository_id)
 
-    async def _claim(self, tenant_id: uuid.UUID, analysis_id: uuid.UUID) -> tuple[Any, Any] | None:
+    async def _claim(self, tenant_id: uuid.UUID, analysis_id: uuid.UUID) -> tuple[Analysis, Repository] | None:
         """Marks the analysis running (one more attempt), or None when there is nothing (left) to do."""
         async with tenant_transaction(self._analyses.engine, tenant_id) as conn:
             analysis = await repo.analysis_by_id(conn, analysis_id, for_update=True)
@@ -187,7 +190,12 @@ class Worker:
             return (analysis, repository) if repository is not None else None
 
     async def _fail(
-        self, conn: Any, tenant_id: uuid.UUID, analysis: Any, spec: ErrorSpec, timings: dict[str, float]
+        self,
+        conn: AsyncConnection,
+        tenant_id: uuid.UUID,
+        analysis: Analysis,
+        spec: ErrorSpec,
+        timings: dict[str, float],
     ) -> None:
         if await repo.finish(
             conn, analysis.id, status=FAILED, timings=timings, error_code=spec.code, error_message=spec.message
@@ -236,7 +244,7 @@ class Worker:
         return await self._end(tenant_id, analysis, run, status=SUCCEEDED, report=report, commit_sha=commit_sha)
 
     async def _engine(
-        self, tenant_id: uuid.UUID, analysis: Any, repository: Any, run: Run
+        self, tenant_id: uuid.UUID, analysis: Analysis, repository: Repository, run: Run
     ) -> tuple[dict[str, Any], str]:
         config = await self._analyses.tenant_config(tenant_id)
         hosts = set(config.allowed_hosts) & set(self._analyses.deployment_hosts)
@@ -294,7 +302,7 @@ class Worker:
     async def _end(
         self,
         tenant_id: uuid.UUID,
-        analysis: Any,
+        analysis: Analysis,
         run: Run,
         *,
         status: str,

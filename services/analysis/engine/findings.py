@@ -1,0 +1,174 @@
+"""Findings from the engine's measurements, and the quality gate that judges them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+SEVERITIES = ("critical", "high", "medium", "low")
+
+
+class FunctionLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def start_line(self) -> int: ...
+    @property
+    def cyclomatic(self) -> int: ...
+
+
+class FileLike(Protocol):
+    @property
+    def path(self) -> str: ...
+    @property
+    def code(self) -> int: ...
+    @property
+    def comment(self) -> int: ...
+    @property
+    def blank(self) -> int: ...
+
+
+class SecretLike(Protocol):
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def redacted(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing worth a person's attention. The fingerprint ignores line numbers, so a finding that
+    only moved is the same finding in the next analysis."""
+
+    rule_id: str
+    severity: str
+    path: str
+    line: int
+    message: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    metric: str
+    threshold: int
+    actual: int
+
+    @property
+    def passed(self) -> bool:
+        return self.actual <= self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    status: str
+    conditions: tuple[Condition, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "conditions": [{**asdict(c), "passed": c.passed} for c in self.conditions],
+            "failed": [c.metric for c in self.conditions if not c.passed],
+        }
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def complexity_findings(functions: Iterable[FunctionLike], *, max_complexity: int) -> list[Finding]:
+    """A function above the tenant's threshold; twice the threshold is high severity."""
+    found = []
+    for function in functions:
+        if function.cyclomatic <= max_complexity:
+            continue
+        severity = "high" if function.cyclomatic > 2 * max_complexity else "medium"
+        found.append(
+            Finding(
+                rule_id="complexity.function",
+                severity=severity,
+                path=function.path,
+                line=function.start_line,
+                message=f"{function.name} has cyclomatic complexity {function.cyclomatic} (limit {max_complexity})",
+                fingerprint=_fingerprint("complexity.function", function.path, function.name),
+            )
+        )
+    return found
+
+
+def size_findings(files: Iterable[FileLike], *, max_file_lines: int) -> list[Finding]:
+    found = []
+    for file in files:
+        lines = file.code + file.comment + file.blank
+        if lines > max_file_lines:
+            found.append(
+                Finding(
+                    rule_id="size.file",
+                    severity="low",
+                    path=file.path,
+                    line=1,
+                    message=f"{lines} lines (limit {max_file_lines})",
+                    fingerprint=_fingerprint("size.file", file.path),
+                )
+            )
+    return found
+
+
+def secret_findings(secrets: Iterable[SecretLike]) -> list[Finding]:
+    """Secrets keep the scanner's own fingerprint; the message shows the redacted form only."""
+    return [
+        Finding(
+            rule_id=f"secret.{secret.rule_id}",
+            severity=secret.severity,
+            path=secret.path,
+            line=secret.line,
+            message=f"possible secret ({secret.rule_id}): {secret.redacted}",
+            fingerprint=secret.fingerprint,
+        )
+        for secret in secrets
+    ]
+
+
+def quality_gate(
+    findings: Sequence[Finding],
+    *,
+    max_function_complexity_found: int,
+    max_file_lines_found: int,
+    gate: dict[str, int],
+) -> GateVerdict:
+    """`passed` only when every condition holds; the verdict names the ones that failed."""
+    conditions = (
+        Condition("max_function_complexity", gate["max_function_complexity"], max_function_complexity_found),
+        Condition(
+            "max_high_findings", gate["max_high_findings"], sum(f.severity in ("critical", "high") for f in findings)
+        ),
+        Condition("max_secrets", gate["max_secrets"], sum(f.rule_id.startswith("secret.") for f in findings)),
+        Condition("max_file_lines", gate["max_file_lines"], max_file_lines_found),
+    )
+    return GateVerdict("passed" if all(c.passed for c in conditions) else "failed", conditions)
+
+
+def new_and_fixed(current: Sequence[Finding], previous: Sequence[dict[str, Any]] | None) -> dict[str, list[str]]:
+    """Fingerprints that appeared and disappeared since the previous analysis (none when there was none)."""
+    if previous is None:
+        return {"new": [], "fixed": []}
+    before = {f["fingerprint"] for f in previous}
+    now = {f.fingerprint for f in current}
+    return {"new": sorted(now - before), "fixed": sorted(before - now)}
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    order = {severity: index for index, severity in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order.get(f.severity, len(order)), f.path, f.line, f.rule_id))

@@ -81,4 +81,12 @@ class TenantConfig:
 
     allowed_hosts: tuple[str, ...] = ("github.com",)
     github_token: str = field(default="", repr=False)
+    quality_gate: dict[str, int] = field(
+        default_factory=lambda: {
+            "max_function_complexity": 15,
+            "max_high_findings": 0,
+            "max_secrets": 0,
+            "max_file_lines": 1000,
+        }
+    )
     extra: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -39,6 +39,16 @@ class TenantConfigClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
-        config = TenantConfig(allowed_hosts=tuple(reply.allowed_hosts), github_token=reply.github_token)
+        gate = reply.quality_gate
+        config = TenantConfig(
+            allowed_hosts=tuple(reply.allowed_hosts),
+            github_token=reply.github_token,
+            quality_gate={
+                "max_function_complexity": gate.max_function_complexity,
+                "max_high_findings": gate.max_high_findings,
+                "max_secrets": gate.max_secrets,
+                "max_file_lines": gate.max_file_lines,
+            },
+        )
         self._cache[tenant_id] = (time.monotonic(), config)
         return config

@@ -213,5 +213,6 @@ class TenantsInternalServicer(tenants_pb2_grpc.TenantsInternalServiceServicer):
             llm_provider=settings.llm_provider,
             llm_model=settings.llm_model,
             allowed_hosts=list(settings.allowed_hosts),
+            quality_gate=_gate(settings.quality_gate),
             **clear,
         )

@@ -13,7 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.consumer import inbox_table
 from libs.common.migrations import checked_schema
 from libs.common.outbox import outbox_table
-from services.analysis.domain import FINISHED, QUEUED, RUNNING, SERVICE_SCHEMA, TENANT_SCHEMA, Analysis, Repository
+from services.analysis.domain import (
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    SERVICE_SCHEMA,
+    SUCCEEDED,
+    TENANT_SCHEMA,
+    Analysis,
+    Repository,
+)
 
 service_metadata = sa.MetaData()
 tenant_schemas = sa.Table(
@@ -301,6 +310,23 @@ async def report_of(conn: AsyncConnection, analysis_id: uuid.UUID) -> dict[str, 
     query = sa.select(analyses.c.report).where(analyses.c.id == analysis_id)
     value = (await conn.execute(query)).scalar_one_or_none()
     return dict(value) if value is not None else None
+
+
+async def previous_report(
+    conn: AsyncConnection, repository_id: uuid.UUID, *, before: uuid.UUID
+) -> dict[str, Any] | None:
+    """The report of the latest succeeded analysis of the repository queued before `before`, with its id."""
+    row = (
+        await conn.execute(
+            sa.select(analyses.c.id, analyses.c.report)
+            .where(analyses.c.repository_id == repository_id, analyses.c.status == SUCCEEDED, analyses.c.id < before)
+            .order_by(analyses.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None or row.report is None:
+        return None
+    return {**row.report, "analysis_id": str(row.id)}
 
 
 async def lock_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> bool:

@@ -40,7 +40,9 @@ from services.analysis.domain import (
     Repository,
 )
 from services.analysis.engine.fetch import FetchCancelled, FetchError, fetch
-from services.analysis.engine.inventory import Cancelled, inventory
+from services.analysis.engine.findings import changes_since
+from services.analysis.engine.inventory import Cancelled
+from services.analysis.engine.pipeline import analyse
 from services.analysis.jobs import ensure_jobs_stream
 from services.analysis.urls import RepositoryUrlError, check_repository_url
 from services.analysis.use_cases import Analyses, emit_finished, tenant_transaction
@@ -263,23 +265,19 @@ class Worker:
                 should_stop=run.stop.is_set,
             )
             run.timings["fetch"] = round(time.perf_counter() - started, 3)
-            if run.stop.is_set():
-                raise Cancelled()
-            run.step, run.progress = "inventory", 40
 
-            def progress(done: int, total: int) -> None:
-                run.progress = 40 + int(55 * done / max(total, 1))
+            def progress(step: str, percent: int) -> None:
+                run.step, run.progress = step, percent
 
-            started = time.perf_counter()
-            counted = await asyncio.to_thread(
-                inventory, Path(tmp) / "src", should_stop=run.stop.is_set, on_progress=progress
+            outcome = await asyncio.to_thread(
+                analyse, Path(tmp) / "src", gate=config.quality_gate, should_stop=run.stop.is_set, progress=progress
             )
-            run.timings["inventory"] = round(time.perf_counter() - started, 3)
+            run.timings.update(outcome.timings)
         report = {
             "repository": {"id": str(repository.id), "name": repository.name, "url": repository.url},
             "ref": analysis.ref,
             "commit_sha": fetched.commit_sha,
-            "inventory": counted.to_dict(),
+            **outcome.sections,
             "timings": dict(run.timings),
         }
         return report, fetched.commit_sha
@@ -316,6 +314,9 @@ class Worker:
                 if current is not None and current.cancel_requested and status == SUCCEEDED:
                     # Cancelled while the last step was finishing: the user's word wins.
                     status, report, commit_sha = CANCELLED, None, ""
+                if report is not None:
+                    previous = await repo.previous_report(conn, analysis.repository_id, before=analysis.id)
+                    report["changes"] = changes_since(report.get("findings", []), previous)
                 if status == FAILED and spec is not None:
                     await self._fail(conn, tenant_id, analysis, spec, run.timings)
                 elif (

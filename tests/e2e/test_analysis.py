@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -175,3 +176,37 @@ def test_deleting_a_tenant_drops_its_schema(client: httpx.Client, stack: Stack, 
     while schema_exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not schema_exists()
+
+
+def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: httpx.Client, tmp_path: Path) -> None:
+    person = ready_for_analysis(register(client))
+    gate = {"max_function_complexity": 15, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 5}
+    expect(person.patch("/api/v2/settings", json={"quality_gate": gate}), 200)
+    long_file = "".join(f"V{i} = {i}\n" for i in range(10))
+    source = git_repository(tmp_path / "diff", {"a.py": long_file, "ok.py": "x = 1\n"})
+    repository = expect(person.post("/api/v2/repositories", json={"name": "diff", "url": str(source)}), 201)
+
+    def analysed() -> dict[str, Any]:
+        started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
+        assert wait_for(person, started["id"], {"succeeded", "failed"})["status"] == "succeeded"
+        return dict(expect(person.get(f"/api/v2/analyses/{started['id']}/report"), 200))
+
+    first = analysed()
+    assert [(f["rule_id"], f["path"]) for f in first["findings"]] == [("size.file", "a.py")]
+    assert first["quality_gate"]["status"] == "failed"
+    assert first["quality_gate"]["failed"] == ["max_file_lines"]
+    assert first["changes"] == {"base_analysis_id": None, "new": [], "fixed": []}
+
+    (source / "a.py").write_text("V = 1\n", encoding="utf-8")  # fixes one finding
+    (source / "b.py").write_text(long_file, encoding="utf-8")  # adds another
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "x"], cwd=source, check=True
+    )
+    subprocess.run(["git", "add", "b.py"], cwd=source, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "y"], cwd=source, check=True
+    )
+    second = analysed()
+    assert [f["path"] for f in second["changes"]["new"]] == ["b.py"]
+    assert [f["path"] for f in second["changes"]["fixed"]] == ["a.py"]
+    assert second["changes"]["base_analysis_id"] is not None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from services.analysis.engine.findings import (
     Finding,
+    changes_since,
     complexity_findings,
-    new_and_fixed,
     quality_gate,
     secret_findings,
     size_findings,
@@ -74,10 +75,14 @@ def test_quality_gate_names_the_failed_conditions() -> None:
 
 
 def test_new_and_fixed_by_fingerprint() -> None:
-    now = [Finding("r", "low", "a", 1, "m", "kept"), Finding("r", "low", "a", 2, "m", "added")]
-    before = [{"fingerprint": "kept"}, {"fingerprint": "gone"}]
-    assert new_and_fixed(now, before) == {"new": ["added"], "fixed": ["gone"]}
-    assert new_and_fixed(now, None) == {"new": [], "fixed": []}
+    now: list[dict[str, Any]] = [{"fingerprint": "kept", "line": 9}, {"fingerprint": "added"}]
+    before = {"analysis_id": "a1", "findings": [{"fingerprint": "kept", "line": 1}, {"fingerprint": "gone"}]}
+    assert changes_since(now, before) == {
+        "base_analysis_id": "a1",
+        "new": [{"fingerprint": "added"}],
+        "fixed": [{"fingerprint": "gone"}],
+    }
+    assert changes_since(now, None) == {"base_analysis_id": None, "new": [], "fixed": []}
 
 
 def test_findings_sort_by_severity_then_place() -> None:

@@ -160,13 +160,17 @@ def quality_gate(
     return GateVerdict("passed" if all(c.passed for c in conditions) else "failed", conditions)
 
 
-def new_and_fixed(current: Sequence[Finding], previous: Sequence[dict[str, Any]] | None) -> dict[str, list[str]]:
-    """Fingerprints that appeared and disappeared since the previous analysis (none when there was none)."""
+def changes_since(current: Sequence[dict[str, Any]], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Findings (as stored in reports) that appeared and disappeared since a previous report, by fingerprint."""
     if previous is None:
-        return {"new": [], "fixed": []}
-    before = {f["fingerprint"] for f in previous}
-    now = {f.fingerprint for f in current}
-    return {"new": sorted(now - before), "fixed": sorted(before - now)}
+        return {"base_analysis_id": None, "new": [], "fixed": []}
+    before = {f["fingerprint"]: f for f in previous.get("findings", [])}
+    now = {f["fingerprint"]: f for f in current}
+    return {
+        "base_analysis_id": previous.get("analysis_id"),
+        "new": [now[k] for k in sorted(now.keys() - before.keys())],
+        "fixed": [before[k] for k in sorted(before.keys() - now.keys())],
+    }
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:

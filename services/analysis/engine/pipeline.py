@@ -1,0 +1,57 @@
+"""The engine's steps after the clone, in order, on a checked-out tree: one call, one report section."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.analysis.engine.findings import Finding, quality_gate, size_findings, sort_findings
+from services.analysis.engine.inventory import Cancelled, inventory
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class Outcome:
+    """What the steps produced: the report sections and each step's time."""
+
+    sections: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyse(
+    src: Path,
+    *,
+    gate: dict[str, int],
+    should_stop: Callable[[], bool],
+    progress: Progress,
+) -> Outcome:
+    """Runs inventory, then findings and the quality gate; `progress(step, percent)` follows it."""
+    outcome = Outcome()
+
+    def step(name: str, percent: int) -> float:
+        if should_stop():
+            raise Cancelled()
+        progress(name, percent)
+        return time.perf_counter()
+
+    started = step("inventory", 40)
+    counted = inventory(
+        src,
+        should_stop=should_stop,
+        on_progress=lambda done, total: progress("inventory", 40 + 50 * done // max(total, 1)),
+    )
+    outcome.timings["inventory"] = round(time.perf_counter() - started, 3)
+    outcome.sections["inventory"] = counted.to_dict()
+
+    started = step("findings", 92)
+    findings: list[Finding] = size_findings(counted.files, max_file_lines=gate["max_file_lines"])
+    largest = max((f.code + f.comment + f.blank for f in counted.files), default=0)
+    verdict = quality_gate(findings, max_function_complexity_found=0, max_file_lines_found=largest, gate=gate)
+    outcome.sections["findings"] = [asdict(f) for f in sort_findings(findings)]
+    outcome.sections["quality_gate"] = verdict.to_dict()
+    outcome.timings["findings"] = round(time.perf_counter() - started, 3)
+    return outcome

@@ -372,3 +372,24 @@ class AnalysisOut(BaseModel):
 class AnalysisPage(BaseModel):
     items: list[AnalysisOut]
     next_cursor: str | None
+
+
+class FindingOut(BaseModel):
+    rule_id: str
+    severity: str
+    path: str
+    line: int
+    message: str
+    fingerprint: str
+    new: bool
+
+
+class FindingPage(BaseModel):
+    items: list[FindingOut]
+    next_cursor: str | None
+
+
+class DiffOut(BaseModel):
+    new: list[FindingOut]
+    fixed: list[FindingOut]
+    unchanged: int

@@ -14,7 +14,10 @@ from gateway.schemas import (
     AnalysisOut,
     AnalysisPage,
     CreateRepositoryBody,
+    DiffOut,
     ErrorOut,
+    FindingOut,
+    FindingPage,
     RepositoryOut,
     RepositoryPage,
     StartAnalysisBody,
@@ -247,3 +250,72 @@ async def get_report(analysis_id: Id, caller: CurrentCaller, request: Request, b
         token=caller.token,
     )
     return JSONResponse(MessageToDict(reply.report))
+
+
+def _finding(finding: analysis_pb2.Finding) -> FindingOut:
+    return FindingOut(
+        rule_id=finding.rule_id,
+        severity=finding.severity,
+        path=finding.path,
+        line=finding.line,
+        message=finding.message,
+        fingerprint=finding.fingerprint,
+        new=finding.new,
+    )
+
+
+@router.get(
+    "/analyses/{analysis_id}/findings",
+    response_model=FindingPage,
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Not succeeded (yet)"}},
+    summary="Findings of a succeeded analysis, filtered (`new=true`: new since the previous analysis)",
+)
+async def list_findings(
+    analysis_id: Id,
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    severity: Annotated[str | None, Query(max_length=20)] = None,
+    rule: Annotated[str | None, Query(max_length=100)] = None,
+    new: bool = False,
+) -> FindingPage:
+    reply: analysis_pb2.ListFindingsResponse = await backends.call(
+        backends.analysis.ListFindings,
+        analysis_pb2.ListFindingsRequest(
+            analysis_id=analysis_id,
+            severity=severity or "",
+            rule_id=rule or "",
+            only_new=new,
+            page_size=limit,
+            page_token=cursor or "",
+        ),
+        request=request,
+        token=caller.token,
+    )
+    return FindingPage(items=[_finding(f) for f in reply.findings], next_cursor=reply.next_page_token or None)
+
+
+@router.get(
+    "/analyses/{analysis_id}/diff",
+    response_model=DiffOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Not succeeded (yet)"}},
+    summary="Findings new and fixed since another analysis of the same repository",
+)
+async def diff_analyses(
+    analysis_id: Id,
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    base: Annotated[str, Query(max_length=64, description="The analysis to compare with")],
+) -> DiffOut:
+    reply: analysis_pb2.DiffAnalysesResponse = await backends.call(
+        backends.analysis.DiffAnalyses,
+        analysis_pb2.DiffAnalysesRequest(analysis_id=analysis_id, base_analysis_id=base),
+        request=request,
+        token=caller.token,
+    )
+    return DiffOut(
+        new=[_finding(f) for f in reply.new], fixed=[_finding(f) for f in reply.fixed], unchanged=reply.unchanged
+    )

@@ -51,6 +51,18 @@ def _analysis(analysis: Analysis) -> analysis_pb2.Analysis:
     return message
 
 
+def _finding(finding: dict[str, Any]) -> analysis_pb2.Finding:
+    return analysis_pb2.Finding(
+        rule_id=finding["rule_id"],
+        severity=finding["severity"],
+        path=finding["path"],
+        line=int(finding["line"]),
+        message=finding["message"],
+        fingerprint=finding["fingerprint"],
+        new=bool(finding.get("new", False)),
+    )
+
+
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     def __init__(self, *, analyses: Analyses, identity: CallerIdentity):
         self._analyses = analyses
@@ -155,6 +167,36 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             analyses=self._analyses, claims=claims, analysis_id=request.analysis_id
         )
         return analysis_pb2.CancelAnalysisResponse(analysis=_analysis(analysis))
+
+    async def ListFindings(
+        self, request: analysis_pb2.ListFindingsRequest, context: Context
+    ) -> analysis_pb2.ListFindingsResponse:
+        claims = await self._identity(context)
+        page, token = await use_cases.list_findings(
+            analyses=self._analyses,
+            claims=claims,
+            analysis_id=request.analysis_id,
+            severity=request.severity,
+            rule_id=request.rule_id,
+            only_new=request.only_new,
+            page_size=request.page_size,
+            cursor=request.page_token,
+        )
+        return analysis_pb2.ListFindingsResponse(findings=[_finding(f) for f in page], next_page_token=token)
+
+    async def DiffAnalyses(
+        self, request: analysis_pb2.DiffAnalysesRequest, context: Context
+    ) -> analysis_pb2.DiffAnalysesResponse:
+        claims = await self._identity(context)
+        new, fixed, unchanged = await use_cases.diff_analyses(
+            analyses=self._analyses,
+            claims=claims,
+            analysis_id=request.analysis_id,
+            base_analysis_id=request.base_analysis_id,
+        )
+        return analysis_pb2.DiffAnalysesResponse(
+            new=[_finding(f) for f in new], fixed=[_finding(f) for f in fixed], unchanged=unchanged
+        )
 
     async def GetReport(
         self, request: analysis_pb2.GetReportRequest, context: Context

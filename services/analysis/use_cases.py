@@ -306,3 +306,66 @@ async def emit_finished(conn: AsyncConnection, *, event_type: str, payload: even
         payload=payload,
         tenant_id=payload.tenant_id,
     )
+
+
+# Findings
+
+
+async def _succeeded_report(conn: AsyncConnection, analysis_id: str) -> tuple[Analysis, dict[str, Any]]:
+    current = await _analysis(conn, analysis_id)
+    report = await repo.report_of(conn, current.id) if current.status == SUCCEEDED else None
+    if report is None:
+        raise AppError(errors.REPORT_NOT_READY)
+    return current, report
+
+
+async def list_findings(
+    *,
+    analyses: Analyses,
+    claims: AccessClaims,
+    analysis_id: str,
+    severity: str,
+    rule_id: str,
+    only_new: bool,
+    page_size: int,
+    cursor: str,
+) -> tuple[list[dict[str, Any]], str]:
+    """A page of the report's findings (offset cursors: a report never changes once stored)."""
+    limit = page_limit(page_size)
+    try:
+        offset = int(cursor) if cursor else 0
+    except ValueError:
+        raise invalid("cursor", "not a cursor from this API") from None
+    if offset < 0:
+        raise invalid("cursor", "not a cursor from this API")
+    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+        _, report = await _succeeded_report(conn, analysis_id)
+    new = {f["fingerprint"] for f in report.get("changes", {}).get("new", [])}
+    selected = [
+        {**f, "new": f["fingerprint"] in new}
+        for f in report.get("findings", [])
+        if (not severity or f["severity"] == severity)
+        and (not rule_id or f["rule_id"] == rule_id)
+        and (not only_new or f["fingerprint"] in new)
+    ]
+    page = selected[offset : offset + limit]
+    more = offset + limit < len(selected)
+    return page, str(offset + limit) if more else ""
+
+
+async def diff_analyses(
+    *, analyses: Analyses, claims: AccessClaims, analysis_id: str, base_analysis_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """New and fixed findings between any two succeeded analyses of one repository, by fingerprint."""
+    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+        current, report = await _succeeded_report(conn, analysis_id)
+        base, base_report = await _succeeded_report(conn, base_analysis_id)
+    if base.repository_id != current.repository_id:
+        raise invalid("base", "an analysis of the same repository")
+    now = {f["fingerprint"]: f for f in report.get("findings", [])}
+    before = {f["fingerprint"]: f for f in base_report.get("findings", [])}
+    return (
+        [now[k] for k in sorted(now.keys() - before.keys())],
+        [before[k] for k in sorted(before.keys() - now.keys())],
+        len(now.keys() & before.keys()),
+    )

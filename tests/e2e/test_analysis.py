@@ -189,7 +189,7 @@ def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: h
     def analysed() -> dict[str, Any]:
         started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
         assert wait_for(person, started["id"], {"succeeded", "failed"})["status"] == "succeeded"
-        return dict(expect(person.get(f"/api/v2/analyses/{started['id']}/report"), 200))
+        return {"id": started["id"], **expect(person.get(f"/api/v2/analyses/{started['id']}/report"), 200)}
 
     first = analysed()
     assert [(f["rule_id"], f["path"]) for f in first["findings"]] == [("size.file", "a.py")]
@@ -209,4 +209,17 @@ def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: h
     second = analysed()
     assert [f["path"] for f in second["changes"]["new"]] == ["b.py"]
     assert [f["path"] for f in second["changes"]["fixed"]] == ["a.py"]
-    assert second["changes"]["base_analysis_id"] is not None
+    assert second["changes"]["base_analysis_id"] == first["id"]
+    new_only = expect(person.get(f"/api/v2/analyses/{second['id']}/findings", params={"new": "true"}), 200)
+    assert [(f["path"], f["new"]) for f in new_only["items"]] == [("b.py", True)]
+    by_rule = expect(person.get(f"/api/v2/analyses/{second['id']}/findings", params={"rule": "size.file"}), 200)
+    assert len(by_rule["items"]) == 1
+    assert (
+        expect(person.get(f"/api/v2/analyses/{second['id']}/findings", params={"severity": "high"}), 200)["items"] == []
+    )
+    diff = expect(person.get(f"/api/v2/analyses/{second['id']}/diff", params={"base": first["id"]}), 200)
+    assert ([f["path"] for f in diff["new"]], [f["path"] for f in diff["fixed"]], diff["unchanged"]) == (
+        ["b.py"],
+        ["a.py"],
+        0,
+    )

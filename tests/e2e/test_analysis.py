@@ -196,6 +196,8 @@ def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: h
     assert first["quality_gate"]["status"] == "failed"
     assert first["quality_gate"]["failed"] == ["max_file_lines"]
     assert first["changes"] == {"base_analysis_id": None, "new": [], "fixed": []}
+    assert first["review"]["provider"] == "rules"
+    assert "The quality gate failed on: max_file_lines." in first["review"]["text"]
 
     (source / "a.py").write_text("V = 1\n", encoding="utf-8")  # fixes one finding
     (source / "b.py").write_text(long_file, encoding="utf-8")  # adds another

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.analysis.engine.findings import Finding, quality_gate, size_findings, sort_findings
 from services.analysis.engine.inventory import Cancelled, inventory
+from services.analysis.engine.review import rule_based_review
 
 Progress = Callable[[str, int], None]
 
@@ -53,5 +54,6 @@ def analyse(
     verdict = quality_gate(findings, max_function_complexity_found=0, max_file_lines_found=largest, gate=gate)
     outcome.sections["findings"] = [asdict(f) for f in sort_findings(findings)]
     outcome.sections["quality_gate"] = verdict.to_dict()
+    outcome.sections["review"] = rule_based_review(outcome.sections)
     outcome.timings["findings"] = round(time.perf_counter() - started, 3)
     return outcome

@@ -89,6 +89,9 @@ def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: P
         "blank": 1,
     }
     assert {k: languages["Go"][k] for k in ("code", "comment", "blank")} == {"code": 3, "comment": 1, "blank": 1}
+    assert report["complexity"]["functions"] == 3  # answer, f, main
+    assert {f["name"] for f in report["complexity"]["top"]} == {"answer", "f", "main"}
+    assert report["quality_gate"]["status"] == "passed"
     listed = expect(person.get("/api/v2/analyses", params={"repository_id": repository["id"]}), 200)
     assert [a["id"] for a in listed["items"]] == [started["id"]]
     assert expect(person.get("/api/v2/analyses", params={"status": "failed"}), 200)["items"] == []

@@ -8,11 +8,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.analysis.engine.findings import Finding, quality_gate, size_findings, sort_findings
+from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, complexity
+from services.analysis.engine.findings import (
+    Finding,
+    complexity_findings,
+    quality_gate,
+    size_findings,
+    sort_findings,
+)
 from services.analysis.engine.inventory import Cancelled, inventory
 from services.analysis.engine.review import rule_based_review
 
 Progress = Callable[[str, int], None]
+TOP_FUNCTIONS = 100
 
 
 @dataclass
@@ -30,7 +38,8 @@ def analyse(
     should_stop: Callable[[], bool],
     progress: Progress,
 ) -> Outcome:
-    """Runs inventory, then findings and the quality gate; `progress(step, percent)` follows it."""
+    """Runs inventory, complexity, then findings, the quality gate and the review; `progress(step, percent)`
+    follows it."""
     outcome = Outcome()
 
     def step(name: str, percent: int) -> float:
@@ -43,15 +52,34 @@ def analyse(
     counted = inventory(
         src,
         should_stop=should_stop,
-        on_progress=lambda done, total: progress("inventory", 40 + 50 * done // max(total, 1)),
+        on_progress=lambda done, total: progress("inventory", 40 + 15 * done // max(total, 1)),
     )
     outcome.timings["inventory"] = round(time.perf_counter() - started, 3)
     outcome.sections["inventory"] = counted.to_dict()
 
+    started = step("complexity", 60)
+    measured = complexity(
+        src,
+        [(f.path, f.language) for f in counted.files if f.language in SUPPORTED_LANGUAGES],
+        should_stop=should_stop,
+    )
+    ranked = sorted(measured.functions, key=lambda f: (-f.cyclomatic, f.path, f.start_line))
+    outcome.sections["complexity"] = {
+        "functions": len(measured.functions),
+        "files_parsed": measured.files_parsed,
+        "skipped": measured.skipped,
+        "average": round(sum(f.cyclomatic for f in ranked) / len(ranked), 2) if ranked else 0,
+        # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.
+        "top": [asdict(f) for f in ranked[:TOP_FUNCTIONS]],
+    }
+    outcome.timings["complexity"] = round(time.perf_counter() - started, 3)
+
     started = step("findings", 92)
     findings: list[Finding] = size_findings(counted.files, max_file_lines=gate["max_file_lines"])
+    findings += complexity_findings(measured.functions, max_complexity=gate["max_function_complexity"])
     largest = max((f.code + f.comment + f.blank for f in counted.files), default=0)
-    verdict = quality_gate(findings, max_function_complexity_found=0, max_file_lines_found=largest, gate=gate)
+    worst = ranked[0].cyclomatic if ranked else 0
+    verdict = quality_gate(findings, max_function_complexity_found=worst, max_file_lines_found=largest, gate=gate)
     outcome.sections["findings"] = [asdict(f) for f in sort_findings(findings)]
     outcome.sections["quality_gate"] = verdict.to_dict()
     outcome.sections["review"] = rule_based_review(outcome.sections)

@@ -228,3 +228,37 @@ def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: h
         ["a.py"],
         0,
     )
+
+
+def test_secrets_are_reported_redacted_and_dependencies_listed(
+    client: httpx.Client, stack: Stack, tmp_path: Path
+) -> None:
+    person = ready_for_analysis(register(client))
+    token = "ghp_" + "Zq8" * 12  # built from pieces, so this file holds no token literal
+    source = git_repository(
+        tmp_path / "leaky",
+        {
+            "config/.env": f"GITHUB_TOKEN={token}\n",
+            "requirements.txt": "django==5.2.8\nrequests>=2.31\n",
+            "app.py": "import django\n",
+        },
+    )
+    repository = expect(person.post("/api/v2/repositories", json={"name": "leaky", "url": str(source)}), 201)
+    started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
+    assert wait_for(person, started["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    response = person.get(f"/api/v2/analyses/{started['id']}/report")
+    report = expect(response, 200)
+    assert [(f["rule_id"], f["path"]) for f in report["secrets"]["findings"]] == [("github-token", "config/.env")]
+    assert token not in response.text
+    assert token[:12] not in response.text
+    assert "secret.github-token" in {f["rule_id"] for f in report["findings"]}
+    assert "max_secrets" in report["quality_gate"]["failed"]
+    declared = {(d["name"], d["constraint"]) for d in report["dependencies"]["dependencies"]}
+    assert declared == {("django", "==5.2.8"), ("requests", ">=2.31")}
+    assert "pkg:pypi/django@5.2.8" in {c["purl"] for c in report["sbom"]["components"]}
+    findings = expect(
+        person.get(f"/api/v2/analyses/{started['id']}/findings", params={"rule": "secret.github-token"}), 200
+    )
+    assert token not in str(findings)
+    time.sleep(0.5)
+    assert all(token not in stack.logs(name) for name in ("analysis", "worker", "gateway"))

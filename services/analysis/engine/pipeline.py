@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -9,15 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, complexity
+from services.analysis.engine.dependencies import declared_dependencies
 from services.analysis.engine.findings import (
     Finding,
     complexity_findings,
     quality_gate,
+    secret_findings,
     size_findings,
     sort_findings,
 )
-from services.analysis.engine.inventory import Cancelled, inventory
+from services.analysis.engine.inventory import EXCLUDED_DIRS, VCS_NAMES, Cancelled, inventory
 from services.analysis.engine.review import rule_based_review
+from services.analysis.engine.secrets import scan_secrets
 
 Progress = Callable[[str, int], None]
 TOP_FUNCTIONS = 100
@@ -31,6 +35,21 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def tracked_files(src: Path) -> list[str]:
+    """Every regular file of the tree outside version-control and dependency folders, as relative paths.
+
+    Secrets and manifests hide in files the inventory does not count (`.env`, `go.mod`, `Pipfile`)."""
+    found = []
+    for directory, subdirectories, names in os.walk(src):
+        subdirectories[:] = [d for d in subdirectories if d not in EXCLUDED_DIRS and d not in VCS_NAMES]
+        base = Path(directory)
+        for name in names:
+            path = base / name
+            if not path.is_symlink() and path.is_file():
+                found.append(path.relative_to(src).as_posix())
+    return sorted(found)
+
+
 def analyse(
     src: Path,
     *,
@@ -38,8 +57,8 @@ def analyse(
     should_stop: Callable[[], bool],
     progress: Progress,
 ) -> Outcome:
-    """Runs inventory, complexity, then findings, the quality gate and the review; `progress(step, percent)`
-    follows it."""
+    """Runs inventory, complexity, secrets, dependencies, then findings, the quality gate and the review;
+    `progress(step, percent)` follows it."""
     outcome = Outcome()
 
     def step(name: str, percent: int) -> float:
@@ -74,9 +93,22 @@ def analyse(
     }
     outcome.timings["complexity"] = round(time.perf_counter() - started, 3)
 
+    started = step("secrets", 80)
+    paths = tracked_files(src)
+    scanned = scan_secrets(src, paths, should_stop=should_stop)
+    outcome.sections["secrets"] = scanned.to_dict()
+    outcome.timings["secrets"] = round(time.perf_counter() - started, 3)
+
+    started = step("dependencies", 88)
+    declared = declared_dependencies(src, paths)
+    outcome.sections["dependencies"] = declared.to_dict()
+    outcome.sections["sbom"] = declared.to_cyclonedx()
+    outcome.timings["dependencies"] = round(time.perf_counter() - started, 3)
+
     started = step("findings", 92)
     findings: list[Finding] = size_findings(counted.files, max_file_lines=gate["max_file_lines"])
     findings += complexity_findings(measured.functions, max_complexity=gate["max_function_complexity"])
+    findings += secret_findings(scanned.findings)
     largest = max((f.code + f.comment + f.blank for f in counted.files), default=0)
     worst = ranked[0].cyclomatic if ranked else 0
     verdict = quality_gate(findings, max_function_complexity_found=worst, max_file_lines_found=largest, gate=gate)

@@ -1,0 +1,75 @@
+"""Our engine (inventory, complexity, secrets, dependencies; no clone) against cloc and lizard on one tree.
+
+    python bench/engine.py /tmp/django-sdist/django-5.2.8
+
+cloc and lizard are run when they are on PATH (`apt-get install cloc`, `pip install lizard`); the last
+line is exactly `ratio_lizard=<ours/lizard> ratio_cloc=<ours/cloc>` (`nan` for a tool that is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.analysis.engine.pipeline import analyse
+
+GATE = {"max_function_complexity": 15, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1000}
+
+
+def _ours(root: str, queue: multiprocessing.Queue[tuple[float, float, dict[str, float]]]) -> None:
+    started = time.perf_counter()
+    outcome = analyse(Path(root), gate=GATE, should_stop=lambda: False, progress=lambda step, percent: None)
+    elapsed = time.perf_counter() - started
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((elapsed, peak_mib, outcome.timings))
+
+
+def ours(root: Path) -> tuple[float, float, dict[str, float]]:
+    """In a child process of its own, so that its peak memory is its own."""
+    queue: multiprocessing.Queue[tuple[float, float, dict[str, float]]] = multiprocessing.Queue()
+    child = multiprocessing.Process(target=_ours, args=(str(root), queue))
+    child.start()
+    result = queue.get(timeout=1800)
+    child.join(timeout=60)
+    return result
+
+
+def tool(argv: list[str]) -> tuple[float, float] | None:
+    if shutil.which(argv[0]) is None:
+        return None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=3600)
+    elapsed = time.perf_counter() - started
+    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+    return elapsed, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path)
+    args = parser.parse_args()
+    elapsed, peak, steps = ours(args.path)
+    cloc = tool(["cloc", "--quiet", "--json", str(args.path)])
+    lizard = tool(["lizard", "--working_threads", "1", str(args.path)])
+    print(f"{'tool':10} {'seconds':>8} {'peak MiB':>9}")
+    print(f"{'ours':10} {elapsed:8.2f} {peak:9.0f}   steps: {json.dumps(steps)}")
+    for name, measured in (("cloc", cloc), ("lizard", lizard)):
+        print(f"{name:10} " + (f"{measured[0]:8.2f} {measured[1]:9.0f}" if measured else "   (not installed)"))
+    ratio_lizard = f"{elapsed / lizard[0]:.3f}" if lizard else "nan"
+    ratio_cloc = f"{elapsed / cloc[0]:.3f}" if cloc else "nan"
+    print(f"ratio_lizard={ratio_lizard} ratio_cloc={ratio_cloc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,18 +27,24 @@ from services.analysis.engine.pipeline import analyse
 GATE = {"max_function_complexity": 15, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1000}
 
 
-def _ours(root: str, queue: multiprocessing.Queue[tuple[float, float, dict[str, float]]]) -> None:
+def _ours(root: str, processes: int, queue: multiprocessing.Queue[tuple[float, float, dict[str, float]]]) -> None:
     started = time.perf_counter()
-    outcome = analyse(Path(root), gate=GATE, should_stop=lambda: False, progress=lambda step, percent: None)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) if processes else nullcontext() as pool:
+        outcome = analyse(
+            Path(root), gate=GATE, should_stop=lambda: False, progress=lambda step, percent: None, pool=pool
+        )
     elapsed = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((elapsed, peak_mib, outcome.timings))
+    # The largest of this process and its pool's processes (each holds its own share of the work).
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    queue.put((elapsed, max(own, children) / 1024, outcome.timings))
 
 
-def ours(root: Path) -> tuple[float, float, dict[str, float]]:
+def ours(root: Path, processes: int) -> tuple[float, float, dict[str, float]]:
     """In a child process of its own, so that its peak memory is its own."""
     queue: multiprocessing.Queue[tuple[float, float, dict[str, float]]] = multiprocessing.Queue()
-    child = multiprocessing.Process(target=_ours, args=(str(root), queue))
+    child = multiprocessing.Process(target=_ours, args=(str(root), processes, queue))
     child.start()
     result = queue.get(timeout=1800)
     child.join(timeout=60)
@@ -57,13 +65,14 @@ def tool(argv: list[str]) -> tuple[float, float] | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
+    parser.add_argument("--processes", type=int, default=2, help="engine processes (0: one thread); default 2")
     args = parser.parse_args()
     # The tools first: the peak memory of waited-for children only grows, so ours (a child too) comes last.
     cloc = tool(["cloc", "--quiet", "--json", str(args.path)])
     lizard = tool(["lizard", "--working_threads", "1", str(args.path)])
-    elapsed, peak, steps = ours(args.path)
+    elapsed, peak, steps = ours(args.path, args.processes)
     print(f"{'tool':10} {'seconds':>8} {'peak MiB':>9}")
-    print(f"{'ours':10} {elapsed:8.2f} {peak:9.0f}   steps: {json.dumps(steps)}")
+    print(f"{'ours':10} {elapsed:8.2f} {peak:9.0f}   processes: {args.processes}, steps: {json.dumps(steps)}")
     for name, measured in (("cloc", cloc), ("lizard", lizard)):
         print(f"{name:10} " + (f"{measured[0]:8.2f} {measured[1]:9.0f}" if measured else "   (not installed)"))
     ratio_lizard = f"{elapsed / lizard[0]:.3f}" if lizard else "nan"

@@ -147,6 +147,7 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         fetch_timeout_s=settings.fetch_timeout_s,
         max_repository_bytes=settings.max_repository_bytes,
         work_dir=settings.work_dir,
+        engine_processes=settings.engine_processes,
     )
     relaying = asyncio.create_task(relay.run())
     try:

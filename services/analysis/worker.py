@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import multiprocessing
 import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ class Worker:
         fetch_timeout_s: float,
         max_repository_bytes: int,
         work_dir: str = "",
+        engine_processes: int = 0,
     ):
         self._analyses = analyses
         self._js = js
@@ -96,6 +99,8 @@ class Worker:
         self._max_bytes = max_repository_bytes
         self._work_dir = work_dir or None
         self._running: set[asyncio.Task[None]] = set()
+        self._engine_processes = engine_processes
+        self._pool: ProcessPoolExecutor | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_jobs_stream(self._js)
@@ -111,7 +116,10 @@ class Worker:
             ),
         )
         subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=JOBS_STREAM)
-        log.info("worker.started", concurrency=self._concurrency)
+        if self._engine_processes:
+            # Spawned, not forked: the children must not inherit this process's event loop and connections.
+            self._pool = ProcessPoolExecutor(self._engine_processes, mp_context=multiprocessing.get_context("spawn"))
+        log.info("worker.started", concurrency=self._concurrency, engine_processes=self._engine_processes)
         while not stop.is_set():
             free = self._concurrency - len(self._running)
             if free <= 0:
@@ -132,6 +140,8 @@ class Worker:
         # Let running analyses finish; jobs not acked by then are redelivered to another worker.
         if self._running:
             await asyncio.wait(self._running, timeout=30)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, message: Msg) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(message))
@@ -270,7 +280,12 @@ class Worker:
                 run.step, run.progress = step, percent
 
             outcome = await asyncio.to_thread(
-                analyse, Path(tmp) / "src", gate=config.quality_gate, should_stop=run.stop.is_set, progress=progress
+                analyse,
+                Path(tmp) / "src",
+                gate=config.quality_gate,
+                should_stop=run.stop.is_set,
+                progress=progress,
+                pool=self._pool,
             )
             run.timings.update(outcome.timings)
         report = {

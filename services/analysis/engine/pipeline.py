@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, complexity
+from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, ComplexityResult, complexity
 from services.analysis.engine.dependencies import declared_dependencies
 from services.analysis.engine.findings import (
     Finding,
@@ -21,10 +23,12 @@ from services.analysis.engine.findings import (
 )
 from services.analysis.engine.inventory import EXCLUDED_DIRS, VCS_NAMES, Cancelled, inventory
 from services.analysis.engine.review import rule_based_review
-from services.analysis.engine.secrets import scan_secrets
+from services.analysis.engine.secrets import SecretScan, scan_secrets
 
 Progress = Callable[[str, int], None]
 TOP_FUNCTIONS = 100
+CHUNK_FILES = 250
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,6 +37,52 @@ class Outcome:
 
     sections: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _merged(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(total)
+
+
+def _in_parallel(
+    pool: Executor,
+    src: Path,
+    code_files: list[tuple[str, str]],
+    paths: list[str],
+    should_stop: Callable[[], bool],
+) -> tuple[ComplexityResult, SecretScan]:
+    """Chunks small enough that a cancellation never waits long: running chunks are abandoned, not awaited."""
+    measuring = [pool.submit(complexity, src, chunk) for chunk in _chunks(code_files, CHUNK_FILES)]
+    scanning = [pool.submit(scan_secrets, src, chunk) for chunk in _chunks(paths, 2 * CHUNK_FILES)]
+    pending: set[Future[Any]] = {*measuring, *scanning}
+    while pending:
+        _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        if should_stop():
+            for future in pending:
+                future.cancel()
+            raise Cancelled()
+    measured = [future.result() for future in measuring]
+    scanned = [future.result() for future in scanning]
+    return (
+        ComplexityResult(
+            functions=[f for part in measured for f in part.functions],
+            files_parsed=sum(part.files_parsed for part in measured),
+            skipped=_merged(part.skipped for part in measured),
+        ),
+        SecretScan(
+            findings=sorted(
+                (f for part in scanned for f in part.findings), key=lambda f: (f.path, f.line, f.column, f.rule_id)
+            ),
+            files_scanned=sum(part.files_scanned for part in scanned),
+            skipped=_merged(part.skipped for part in scanned),
+        ),
+    )
 
 
 def tracked_files(src: Path) -> list[str]:
@@ -56,9 +106,11 @@ def analyse(
     gate: dict[str, int],
     should_stop: Callable[[], bool],
     progress: Progress,
+    pool: Executor | None = None,
 ) -> Outcome:
     """Runs inventory, complexity, secrets, dependencies, then findings, the quality gate and the review;
-    `progress(step, percent)` follows it."""
+    `progress(step, percent)` follows it. With a process `pool`, complexity and secrets run side by side
+    on all its processes, a chunk of files per task."""
     outcome = Outcome()
 
     def step(name: str, percent: int) -> float:
@@ -77,11 +129,17 @@ def analyse(
     outcome.sections["inventory"] = counted.to_dict()
 
     started = step("complexity", 60)
-    measured = complexity(
-        src,
-        [(f.path, f.language) for f in counted.files if f.language in SUPPORTED_LANGUAGES],
-        should_stop=should_stop,
-    )
+    code_files = [(f.path, f.language) for f in counted.files if f.language in SUPPORTED_LANGUAGES]
+    paths = tracked_files(src)
+    if pool is None:
+        measured = complexity(src, code_files, should_stop=should_stop)
+        outcome.timings["complexity"] = round(time.perf_counter() - started, 3)
+        started = step("secrets", 80)
+        scanned = scan_secrets(src, paths, should_stop=should_stop)
+        outcome.timings["secrets"] = round(time.perf_counter() - started, 3)
+    else:
+        measured, scanned = _in_parallel(pool, src, code_files, paths, should_stop)
+        outcome.timings["complexity_and_secrets"] = round(time.perf_counter() - started, 3)
     ranked = sorted(measured.functions, key=lambda f: (-f.cyclomatic, f.path, f.start_line))
     outcome.sections["complexity"] = {
         "functions": len(measured.functions),
@@ -91,13 +149,7 @@ def analyse(
         # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.
         "top": [asdict(f) for f in ranked[:TOP_FUNCTIONS]],
     }
-    outcome.timings["complexity"] = round(time.perf_counter() - started, 3)
-
-    started = step("secrets", 80)
-    paths = tracked_files(src)
-    scanned = scan_secrets(src, paths, should_stop=should_stop)
     outcome.sections["secrets"] = scanned.to_dict()
-    outcome.timings["secrets"] = round(time.perf_counter() - started, 3)
 
     started = step("dependencies", 88)
     declared = declared_dependencies(src, paths)

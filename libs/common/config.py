@@ -229,8 +229,9 @@ class AnalysisSettings(GrpcServiceSettings):
     max_repository_bytes: int = Field(default=500_000_000, ge=1_000_000, description="Size limit of one clone")
     work_dir: str = Field(default="", description="Where clones go (default: the system temp dir)")
     migration_parallelism: int = Field(default=4, ge=1, le=32, description="Tenant schemas migrated at once")
+    # 0 until the pooled path has run clean under the multi-worker tests in CI (one unexplained failure seen).
     engine_processes: int = Field(
-        default=2, ge=0, le=64, description="Processes a worker runs the engine's heavy steps on (0: in-thread)"
+        default=0, ge=0, le=64, description="Processes a worker runs the engine's heavy steps on (0: in-thread)"
     )
 
     def production_problems(self) -> list[str]:

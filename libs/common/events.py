@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from libs.common.config import CommonSettings
 from repolens.events.v1 import events_pb2
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 EVENTS_STREAM = "EVENTS"
 EVENTS_SUBJECT_PREFIX = "repolens.events"
@@ -29,6 +31,29 @@ DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_SUBJECT_PREFIX = "repolens.deadletter"
 
 log = structlog.get_logger(__name__)
+
+
+# How long a request waits for a record that an event creates (a personal tenant, its schema, a
+# membership) before answering not found. Events usually arrive within tens of milliseconds; the
+# wait covers a loaded machine and stays below the gateway's default 5 s gRPC deadline.
+PROPAGATION_WAIT_S = 4.0
+
+
+async def propagated(
+    probe: Callable[[], Awaitable[T | None]], *, timeout_s: float = PROPAGATION_WAIT_S, interval_s: float = 0.05
+) -> T | None:
+    """What `probe` returns once it is not None, or None when `timeout_s` passes first.
+
+    For reads of data another service creates from an event: it is there on every later call,
+    so the first call of a new user or tenant must not fail only because it came too early.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = await probe()
+        if found is not None or loop.time() >= deadline:
+            return found
+        await asyncio.sleep(interval_s)
 
 
 def new_event_id() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import uuid
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common import errors
 from libs.common.errors import AppError
-from libs.common.events import make_envelope, new_id, unpack
+from libs.common.events import make_envelope, new_id, propagated, unpack
 from libs.common.migrations import alembic_config
 from libs.common.outbox import add_event, emit
 from libs.common.pagination import Page, decode_cursor, page_limit, page_of
@@ -48,7 +47,6 @@ log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 TENANT_MIGRATIONS = MIGRATIONS / "tenant"
 SERVICE_MIGRATIONS = MIGRATIONS / "service"
-NEW_TENANT_WAIT_S = 5.0
 WRITERS = ("owner", "admin", "member")
 
 TenantConfigSource = Callable[[uuid.UUID], Awaitable[TenantConfig]]
@@ -109,17 +107,12 @@ async def on_tenant_deleted(conn: AsyncConnection, envelope: events_pb2.EventEnv
 async def tenant_transaction(engine: AsyncEngine, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
     """One transaction in the tenant's schema. A tenant created a moment ago may not have its
     schema yet (it comes by event), so wait a little before answering not found."""
-    deadline = asyncio.get_running_loop().time() + NEW_TENANT_WAIT_S
-    while True:
-        async with engine.begin() as conn:
-            schema = await repo.schema_of(conn, tenant_id)
-            if schema is not None:
-                await repo.use_tenant_schema(conn, schema)
-                yield conn
-                return
-        if asyncio.get_running_loop().time() >= deadline:
+    async with engine.begin() as conn:
+        schema = await propagated(lambda: repo.schema_of(conn, tenant_id))  # read committed: each try sees new rows
+        if schema is None:
             raise AppError(errors.TENANT_NOT_FOUND)
-        await asyncio.sleep(0.1)
+        await repo.use_tenant_schema(conn, schema)
+        yield conn
 
 
 # Repositories

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from libs.common import errors
 from libs.common.db import autocommit
 from libs.common.errors import AppError
-from libs.common.events import new_id, timestamp, unpack
+from libs.common.events import new_id, propagated, timestamp, unpack
 from libs.common.outbox import emit
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
@@ -216,9 +216,6 @@ async def _open_session(
     return session_id, refresh_token
 
 
-SWITCH_WAIT_S = 1.0
-
-
 async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> Tokens:
     """Tokens for another tenant of the caller, in a new session; the current one stays as it is.
 
@@ -232,13 +229,12 @@ async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> 
     except ValueError:
         raise AppError(errors.TENANT_NOT_FOUND) from None
     await me(auth=auth, claims=claims)  # the caller's own session must still be good
-    deadline = asyncio.get_running_loop().time() + SWITCH_WAIT_S
-    while True:
+
+    async def probe() -> Membership | None:
         async with auth.reads.connect() as conn:
-            membership = await repo.membership(conn, user_id=claims.user_id, tenant_id=wanted)
-        if membership is not None or asyncio.get_running_loop().time() >= deadline:
-            break
-        await asyncio.sleep(0.1)
+            return await repo.membership(conn, user_id=claims.user_id, tenant_id=wanted)
+
+    membership = await propagated(probe)
     if membership is None:
         raise AppError(errors.TENANT_NOT_FOUND)
     async with auth.engine.begin() as conn:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from libs.common import errors
 from libs.common.db import autocommit
 from libs.common.errors import AppError
-from libs.common.events import new_id, timestamp, unpack
+from libs.common.events import new_id, propagated, timestamp, unpack
 from libs.common.outbox import emit
 from libs.common.pagination import Page, decode_cursor, page_limit, page_of
 from libs.common.tokens import AccessClaims
@@ -123,9 +123,6 @@ async def _membership_changed(
     )
 
 
-NEW_TENANT_WAIT_S = 2.0
-
-
 async def _acting(conn: AsyncConnection, claims: AccessClaims, *, for_update: bool = False) -> TenantMembership:
     """The caller's membership of the token's tenant, from the database: roles are enforced here, not trusted.
 
@@ -133,16 +130,19 @@ async def _acting(conn: AsyncConnection, claims: AccessClaims, *, for_update: bo
     token can name a tenant this service has not created yet: that case (and only that: a
     deleted or foreign tenant has a row) waits briefly instead of answering not found.
     """
-    deadline = asyncio.get_running_loop().time() + NEW_TENANT_WAIT_S
-    while True:
+
+    async def probe() -> TenantMembership | bool | None:
         membership = await repo.membership_of_user(
             conn, user_id=claims.user_id, tenant_id=claims.tenant_id, for_update=for_update
         )
         if membership is not None:
             return membership
-        if await repo.tenant_exists(conn, claims.tenant_id) or asyncio.get_running_loop().time() >= deadline:
-            raise AppError(errors.TENANT_NOT_FOUND)
-        await asyncio.sleep(0.05)
+        return False if await repo.tenant_exists(conn, claims.tenant_id) else None
+
+    found = await propagated(probe)
+    if not isinstance(found, TenantMembership):
+        raise AppError(errors.TENANT_NOT_FOUND)
+    return found
 
 
 # Personal tenants (consumer of user.registered)
@@ -384,19 +384,15 @@ async def create_invitation(
     return invitation, token
 
 
-DIRECTORY_WAIT_S = 2.0
-
-
 async def _caller_names(tenants: Tenants, user_id: uuid.UUID) -> tuple[str, str] | None:
     """The caller's username and email. A user who registered a moment ago may not be in the
     directory yet (it is fed by user.registered), so wait a little before giving up."""
-    deadline = asyncio.get_running_loop().time() + DIRECTORY_WAIT_S
-    while True:
+
+    async def probe() -> tuple[str, str] | None:
         async with tenants.reads.connect() as conn:
-            names = await repo.user_names(conn, user_id)
-        if names is not None or asyncio.get_running_loop().time() >= deadline:
-            return names
-        await asyncio.sleep(0.1)
+            return await repo.user_names(conn, user_id)
+
+    return await propagated(probe)
 
 
 async def accept_invitation(*, tenants: Tenants, claims: AccessClaims, token: str) -> TenantMembership:
@@ -514,12 +510,13 @@ async def tenant_secrets(*, tenants: Tenants, tenant_id: str) -> tuple[dict[str,
         wanted = uuid.UUID(tenant_id)
     except ValueError:
         raise AppError(errors.TENANT_NOT_FOUND) from None
-    deadline = asyncio.get_running_loop().time() + NEW_TENANT_WAIT_S
     async with tenants.reads.connect() as conn:
-        while not await repo.tenant_exists(conn, wanted):  # a tenant created a moment ago: see _acting
-            if asyncio.get_running_loop().time() >= deadline:
-                raise AppError(errors.TENANT_NOT_FOUND)
-            await asyncio.sleep(0.05)
+
+        async def exists() -> bool | None:  # a tenant created a moment ago: see _acting
+            return await repo.tenant_exists(conn, wanted) or None
+
+        if not await propagated(exists):
+            raise AppError(errors.TENANT_NOT_FOUND)
         current = await repo.settings_of(conn, wanted)
         data_key = await _data_key(conn, tenants=tenants, tenant_id=wanted, create=False)
     clear = {

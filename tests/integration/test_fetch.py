@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from services.analysis.engine.churn import Churn, churn
 from services.analysis.engine.fetch import (
     FetchCancelled,
     FetchError,
@@ -24,6 +26,7 @@ from services.analysis.engine.fetch import (
     clone_command,
     fetch,
     git_environment,
+    offline_command,
     scrub,
     sha_fetch_commands,
 )
@@ -519,3 +522,140 @@ async def test_token_never_reaches_argv_of_a_running_remote_clone(
     assert seen["token_in_env"], "the token should reach git through its environment"
     assert not dest.exists()
     assert await wait_for_no_process("https://github.com/owner/name") == []
+
+
+# ------------------------------------------------------------------------------------------------- history
+
+
+def dated_commit(repo: Path, files: dict[str, bytes | None], when: datetime) -> str:
+    """Write (or, for None, delete) the files and commit them with author and committer date `when`."""
+    for name, content in files.items():
+        if content is None:
+            git(repo, "rm", "-q", "--", name)
+            continue
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(content)
+        git(repo, "add", "--", name)
+    dates = {"GIT_AUTHOR_DATE": when.isoformat(), "GIT_COMMITTER_DATE": when.isoformat()}
+    subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-C", str(repo), "commit", "-qm", "c"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **dates},
+    )
+    return git(repo, "rev-parse", "HEAD")
+
+
+def ago(days: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+@pytest.fixture
+def dated_source(tmp_path: Path) -> list[str]:
+    """Commits 600, 400, 200, 100 and 10 days old; commit i adds f<i>.py and changes common.py."""
+    repo = new_repo(tmp_path / "dated")
+    return [
+        dated_commit(repo, {f"f{i}.py": b"x = 1\n", "common.py": f"v = {i}\n".encode()}, ago(days))
+        for i, days in enumerate((600, 400, 200, 100, 10))
+    ]
+
+
+async def read_churn(dest: Path, window_days: int) -> Churn:
+    return await churn(dest, window_days=window_days, max_commits=1000, timeout_s=30, should_stop=lambda: False)
+
+
+async def test_history_up_to_the_cap_and_churn_within_the_window(dated_source: list[str], tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    await fetch(local(tmp_path / "dated"), ref="", dest=whole, timeout_s=30, max_bytes=50 * MB, depth=1000)
+    assert git(whole, "rev-list", "--count", "HEAD") == "5"
+    year = await read_churn(whole, 365)
+    assert year.commits == 3  # 200, 100 and 10 days old
+    assert set(year.files) == {"common.py", "f2.py", "f3.py", "f4.py"}
+    assert year.files["common.py"].changes == 3
+
+    capped = tmp_path / "capped"
+    await fetch(local(tmp_path / "dated"), ref="", dest=capped, timeout_s=30, max_bytes=50 * MB, depth=2)
+    assert git(capped, "rev-list", "--count", "HEAD") == "2"
+    assert (capped / ".git" / "shallow").read_text().split() == [dated_source[3]]
+    bounded = await read_churn(capped, 365)
+    # The boundary commit would seem to add every file of its tree: it is not counted.
+    assert bounded.commits == 1
+    assert {path: c.changes for path, c in bounded.files.items()} == {"common.py": 1, "f4.py": 1}
+
+
+async def test_history_of_a_commit_sha(dated_source: list[str], tmp_path: Path) -> None:
+    dest = tmp_path / "checkout"
+    source = local(tmp_path / "dated")
+    result = await fetch(source, ref=dated_source[3], dest=dest, timeout_s=30, max_bytes=50 * MB, depth=3)
+    assert result.commit_sha == dated_source[3]
+    assert git(dest, "rev-list", "--count", "HEAD") == "3"
+    assert (await read_churn(dest, 365)).commits == 2  # 200 and 100 days old; the boundary is 400 days old
+
+
+async def test_newest_commit_older_than_the_window(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "quiet")
+    dated_commit(repo, {"a.py": b"a = 1\n"}, ago(800))
+    dated_commit(repo, {"a.py": b"a = 2\n"}, ago(500))
+    dest = tmp_path / "checkout"
+    await fetch(local(repo), ref="", dest=dest, timeout_s=30, max_bytes=50 * MB, depth=1000)
+    counted = await read_churn(dest, 365)
+    assert counted.history
+    assert counted.commits == 0
+    assert counted.files == {}
+
+
+async def test_history_too_large_falls_back_to_depth_one(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "heavy")
+    dated_commit(repo, {"data.bin": os.urandom(3 * MB)}, ago(30))
+    head = dated_commit(repo, {"data.bin": None, "app.py": b"x = 1\n"}, ago(20))
+    dest = tmp_path / "checkout"
+    result = await fetch(local(repo), ref="", dest=dest, timeout_s=30, max_bytes=2 * MB, depth=1000)
+    assert result.commit_sha == head
+    assert result.size_bytes < 2 * MB
+    assert git(dest, "rev-list", "--count", "HEAD") == "1"
+    counted = await read_churn(dest, 365)
+    assert not counted.history  # a depth-1 clone has no history to read
+    assert counted.files == {}
+    assert processes_mentioning(str(repo)) == []
+
+
+async def test_partial_clone_leaves_old_blobs_behind_and_churn_needs_none(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "partial")
+    git(repo, "config", "uploadpack.allowFilter", "true")  # git's own server side of `--filter`
+    dated_commit(repo, {"old.bin": os.urandom(MB)}, ago(30))
+    old_blob = git(repo, "rev-parse", "HEAD:old.bin")
+    dated_commit(repo, {"old.bin": None, "app.py": b"x = 1\n"}, ago(20))
+    dated_commit(repo, {"app.py": b"x = 2\n"}, ago(10))
+    dest = tmp_path / "checkout"
+    result = await fetch(local(repo), ref="", dest=dest, timeout_s=30, max_bytes=50 * MB, depth=1000)
+    assert result.size_bytes < MB
+    assert f"?{old_blob}" in git(dest, "rev-list", "--objects", "--missing=print", "--all").split()
+    shutil.rmtree(repo)  # any fetch of a missing object would now fail, and make the log fail with it
+    counted = await read_churn(dest, 365)
+    assert counted.complete
+    assert counted.commits == 3
+    assert {path: c.changes for path, c in counted.files.items()} == {"app.py": 2}
+
+
+def test_history_arguments(tmp_path: Path) -> None:
+    github = check_repository_url("https://github.com/owner/name", allowed_hosts=["github.com"], allow_local=False)
+    shallow = clone_command(github, ref="main", dest=tmp_path / "d", home=tmp_path).argv
+    assert shallow[shallow.index("--depth") + 1] == "1"
+    assert "--filter=blob:none" not in shallow
+    deep = clone_command(github, ref="main", dest=tmp_path / "d", home=tmp_path, depth=500).argv
+    assert deep[deep.index("--depth") + 1] == "500"
+    assert "--filter=blob:none" in deep
+    _, fetch_sha, _ = sha_fetch_commands(github, sha="a" * 40, dest=tmp_path / "d", home=tmp_path, depth=500)
+    assert "--filter=blob:none" in fetch_sha.argv
+    with pytest.raises(ValueError, match="depth"):
+        clone_command(github, ref="main", dest=tmp_path / "d", home=tmp_path, depth=0)
+
+
+def test_offline_commands_reach_no_remote(source: Source, tmp_path: Path) -> None:
+    command = offline_command(tmp_path, "ls-remote", f"file://{source.repo}", home=tmp_path)
+    assert command.env["GIT_ALLOW_PROTOCOL"] == ""
+    assert "protocol.allow=never" in command.argv
+    assert not [option for option in command.argv if option.endswith(".allow=always")]
+    done = subprocess.run(command.argv, env=dict(command.env), capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+    assert "not allowed" in done.stderr

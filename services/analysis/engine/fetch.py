@@ -24,6 +24,15 @@ Limits: `should_stop()` and the deadline are checked every `POLL_INTERVAL_S` (0.
 size of its files, `.git` and the pack being received included) is measured in a thread every tick and checked once
 more at the end, so a fast transfer may overshoot `max_bytes` by about two ticks' worth of data before git is killed.
 
+History: `depth` commits (git's `--depth`, 1 by default) are fetched; with more than one, the blobs of older
+commits are left on the server (`--filter=blob:none`: a partial clone holding commits and trees, enough for
+`git log --name-only`), and a clone that turns out larger than `max_bytes` is retried with depth 1 under the same
+deadline, because history only feeds the churn section and must never cost the analysis. A commit count bounds
+the transfer rather than a date (`--shallow-since`): upload-pack refuses the two together, and a date alone lets a
+busy repository send years' worth of commits; the churn step applies the date window when it reads the log.
+`offline_command` reads the finished clone with every transport refused, so a partial clone can never fetch a
+missing object on demand.
+
 Refs: empty means the remote's default branch; a branch or tag name (a `refs/heads/` or `refs/tags/` prefix is
 dropped; a branch wins over a tag of the same name) is cloned with `--branch`; a 40-hex (or 64-hex) commit sha is
 fetched directly (`git init` + `git fetch <url> <sha>` + `git checkout --detach`), which works with servers that
@@ -118,9 +127,16 @@ def _protocol(location: RepositoryLocation) -> str:
 def git_argv(location: RepositoryLocation, *args: str) -> tuple[str, ...]:
     """`git` with the hardening options for this location, followed by `args`."""
     protocol = _protocol(location)
+    options = [f"protocol.{protocol}.allow=always"]
+    if location.kind == "remote":
+        options.append("http.followRedirects=false")
+    return _hardened_argv(options, args)
+
+
+def _hardened_argv(extra_options: Sequence[str], args: Sequence[str]) -> tuple[str, ...]:
     options = [
         "protocol.allow=never",
-        f"protocol.{protocol}.allow=always",
+        *extra_options,
         "core.hooksPath=/dev/null",
         "core.fsmonitor=false",
         "core.symlinks=false",
@@ -132,8 +148,6 @@ def git_argv(location: RepositoryLocation, *args: str) -> tuple[str, ...]:
         "advice.detachedHead=false",
         "init.defaultBranch=main",
     ]
-    if location.kind == "remote":
-        options.append("http.followRedirects=false")
     argv = ["git"]
     for option in options:
         argv += ["-c", option]
@@ -165,22 +179,7 @@ def _auth_header(token: str) -> str:
 
 def git_environment(location: RepositoryLocation, *, home: Path, github_token: str | None = None) -> dict[str, str]:
     """The environment for git: built from scratch, with the token (github.com remotes only) as env config."""
-    env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
-    env.setdefault("PATH", os.defpath)
-    env.update(
-        {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "LANG": "C",
-            "LC_ALL": "C",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_ALLOW_PROTOCOL": _protocol(location),
-            "GIT_LFS_SKIP_SMUDGE": "1",
-            "GIT_NO_REPLACE_OBJECTS": "1",
-        }
-    )
+    env = _base_environment(home, allowed_protocols=_protocol(location))
     if github_token and _uses_token(location, github_token):
         if not _TOKEN_RE.fullmatch(github_token):
             raise FetchError("auth", "the GitHub token has an invalid format")
@@ -194,6 +193,39 @@ def git_environment(location: RepositoryLocation, *, home: Path, github_token: s
     return env
 
 
+def offline_command(repo: Path, *args: str, home: Path) -> GitCommand:
+    """`git -C repo args` with the same hardening, able to reach no remote at all.
+
+    For reading a finished clone: a partial clone would otherwise fetch a missing object from its promisor remote
+    on demand, reaching the network (without the token) long after the fetch step and its limits. Every transport
+    is refused (`protocol.allow=never`, an empty `GIT_ALLOW_PROTOCOL`); `GIT_NO_LAZY_FETCH` says it too to git
+    2.44 and later.
+    """
+    env = _base_environment(home, allowed_protocols="")
+    env["GIT_NO_LAZY_FETCH"] = "1"
+    return GitCommand(_hardened_argv((), ("-C", str(repo), *args)), env)
+
+
+def _base_environment(home: Path, *, allowed_protocols: str) -> dict[str, str]:
+    env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "LANG": "C",
+            "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_ALLOW_PROTOCOL": allowed_protocols,
+            "GIT_LFS_SKIP_SMUDGE": "1",
+            "GIT_NO_REPLACE_OBJECTS": "1",
+        }
+    )
+    return env
+
+
 def _short_ref(ref: str) -> str:
     for prefix in ("refs/heads/", "refs/tags/"):
         if ref.startswith(prefix):
@@ -201,12 +233,25 @@ def _short_ref(ref: str) -> str:
     return ref
 
 
+def _history_args(depth: int) -> list[str]:
+    if depth < 1:
+        raise ValueError("depth must be at least 1")
+    # Older commits are wanted for their file lists only: their blobs stay on the server.
+    return ["--depth", str(depth), *(["--filter=blob:none"] if depth > 1 else [])]
+
+
 def clone_command(
-    location: RepositoryLocation, *, ref: str, dest: Path, home: Path, github_token: str | None = None
+    location: RepositoryLocation,
+    *,
+    ref: str,
+    dest: Path,
+    home: Path,
+    github_token: str | None = None,
+    depth: int = 1,
 ) -> GitCommand:
     """The shallow single-branch clone of a branch or tag (`ref` empty: the default branch) into `dest`."""
     short = _short_ref(check_ref(ref))
-    args = ["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--no-recurse-submodules"]
+    args = ["clone", "--quiet", *_history_args(depth), "--single-branch", "--no-tags", "--no-recurse-submodules"]
     args.append("--template=")
     if short:
         args.append(f"--branch={short}")
@@ -215,7 +260,13 @@ def clone_command(
 
 
 def sha_fetch_commands(
-    location: RepositoryLocation, *, sha: str, dest: Path, home: Path, github_token: str | None = None
+    location: RepositoryLocation,
+    *,
+    sha: str,
+    dest: Path,
+    home: Path,
+    github_token: str | None = None,
+    depth: int = 1,
 ) -> tuple[GitCommand, ...]:
     """`git init`, a shallow fetch of one commit and a detached checkout of it."""
     if not _SHA_RE.fullmatch(sha):
@@ -227,7 +278,7 @@ def sha_fetch_commands(
         GitCommand(
             git_argv(
                 location,
-                *("-C", d, "fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules"),
+                *("-C", d, "fetch", "--quiet", *_history_args(depth), "--no-tags", "--no-recurse-submodules"),
                 *("--no-write-fetch-head", "--", location.url, sha),
             ),
             env,
@@ -404,13 +455,18 @@ async def fetch(
     timeout_s: float,
     max_bytes: int,
     should_stop: Callable[[], bool] = _never,
+    depth: int = 1,
 ) -> FetchResult:
     """Clone `ref` of `location` (checked by `check_repository_url`) into `dest`, which must not exist or be empty.
 
-    Raises `FetchError` (reason `timeout`, `too_large`, `not_found`, `auth` or `git`), `FetchCancelled` when
-    `should_stop()` turns true (polled every `POLL_INTERVAL_S`), or `RepositoryUrlError("ref")` for a bad ref;
-    `dest` is removed on any failure, cancellation of the calling task included.
+    `depth` > 1 fetches that much history (commits and trees only, see the module docstring), falling back to
+    depth 1 when that is too large. Raises `FetchError` (reason `timeout`, `too_large`, `not_found`, `auth` or
+    `git`), `FetchCancelled` when `should_stop()` turns true (polled every `POLL_INTERVAL_S`), or
+    `RepositoryUrlError("ref")` for a bad ref; `dest` is removed on any failure, cancellation of the calling task
+    included.
     """
+    if depth < 1:
+        raise ValueError("depth must be at least 1")
     ref = check_ref(ref)
     dest = Path(dest)
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
@@ -428,11 +484,24 @@ async def fetch(
         secrets=secrets,
     )
     home = Path(tempfile.mkdtemp(prefix="repolens-git-home-"))
-    try:
-        commit, resolved = await _fetch_into(location, ref=ref, dest=dest, home=home, token=github_token, limits=limits)
+
+    async def fetch_at(depth: int) -> tuple[str, str, int]:
+        commit, resolved = await _fetch_into(
+            location, ref=ref, dest=dest, home=home, token=github_token, limits=limits, depth=depth
+        )
         size = await asyncio.to_thread(tree_size, dest)
         if size > max_bytes:
             raise FetchError("too_large", f"the repository is larger than {max_bytes} bytes")
+        return commit, resolved, size
+
+    try:
+        try:
+            commit, resolved, size = await fetch_at(depth)
+        except FetchError as exc:
+            if exc.reason != "too_large" or depth == 1:
+                raise
+            await asyncio.to_thread(_remove, dest)
+            commit, resolved, size = await fetch_at(1)
     except asyncio.CancelledError:
         _remove(dest)
         raise
@@ -445,17 +514,20 @@ async def fetch(
 
 
 async def _fetch_into(
-    location: RepositoryLocation, *, ref: str, dest: Path, home: Path, token: str | None, limits: _Limits
+    location: RepositoryLocation, *, ref: str, dest: Path, home: Path, token: str | None, limits: _Limits, depth: int
 ) -> tuple[str, str]:
     """Run the git commands; return (commit sha, resolved ref)."""
     if _SHA_RE.fullmatch(ref):
-        init, fetch_sha, checkout = sha_fetch_commands(location, sha=ref, dest=dest, home=home, github_token=token)
+        init, fetch_sha, checkout = sha_fetch_commands(
+            location, sha=ref, dest=dest, home=home, github_token=token, depth=depth
+        )
         await _checked("init", init, limits)
         await _checked("fetch", fetch_sha, limits)
         await _checked("checkout", checkout, limits)
         resolved = ref
     else:
-        await _checked("clone", clone_command(location, ref=ref, dest=dest, home=home, github_token=token), limits)
+        clone = clone_command(location, ref=ref, dest=dest, home=home, github_token=token, depth=depth)
+        await _checked("clone", clone, limits)
         resolved = ""
     # Local commands only from here: no token needed.
     env = git_environment(location, home=home)

@@ -1,0 +1,69 @@
+"""The hotspots step: the files that are both changed often and complex, ranked, with the functions that make them so.
+
+A complex file nobody touches costs little, and a file changed daily costs little while it stays simple; the risk
+and the maintenance effort sit where both meet. So, over the files that have both churn and measured functions:
+
+    score(f) = (changes(f) / max changes) * (complexity(f) / max complexity)
+
+where `changes` is the number of commits in the churn window that touched the file and `complexity` the sum of the
+cyclomatic complexities of all its functions (every function, not only the report's top list), each maximum taken
+over those candidate files. The score is between 0 and 1, and 1 only for a file that leads on both counts; it ranks
+files exactly as changes * complexity does, and the normalisation only makes it readable within one report (it is
+not comparable across repositories). Ties go to more changes, then more complexity, then the path.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from services.analysis.engine.churn import Churn, iso_time
+from services.analysis.engine.complexity import FunctionMetrics
+
+TOP_HOTSPOTS = 10
+FUNCTIONS_PER_HOTSPOT = 3
+
+
+def hotspots(
+    churn: Churn,
+    functions: Iterable[FunctionMetrics],
+    *,
+    top: int = TOP_HOTSPOTS,
+    functions_per_file: int = FUNCTIONS_PER_HOTSPOT,
+) -> list[dict[str, Any]]:
+    """The `top` hotspots, best first, each with its `functions_per_file` most complex functions."""
+    by_file: defaultdict[str, list[FunctionMetrics]] = defaultdict(list)
+    for function in functions:
+        if function.path in churn.files:
+            by_file[function.path].append(function)
+    totals = {path: sum(f.cyclomatic for f in measured) for path, measured in by_file.items()}
+    candidates = [path for path, total in totals.items() if total > 0 and churn.files[path].changes > 0]
+    if not candidates:
+        return []
+    most_changes = max(churn.files[path].changes for path in candidates)
+    most_complexity = max(totals[path] for path in candidates)
+
+    def score(path: str) -> float:
+        return (churn.files[path].changes / most_changes) * (totals[path] / most_complexity)
+
+    ranked = sorted(candidates, key=lambda p: (-score(p), -churn.files[p].changes, -totals[p], p))
+    report = []
+    for path in ranked[:top]:
+        changed = churn.files[path]
+        worst = sorted(by_file[path], key=lambda f: (-f.cyclomatic, f.start_line, f.name))
+        report.append(
+            {
+                "path": path,
+                "changes": changed.changes,
+                "last_change": iso_time(changed.last_change),
+                "authors": changed.authors,
+                "complexity": totals[path],
+                "score": round(score(path), 4),
+                "functions": [
+                    {"name": f.name, "line": f.start_line, "cyclomatic": f.cyclomatic}
+                    for f in worst[:functions_per_file]
+                ],
+            }
+        )
+    return report

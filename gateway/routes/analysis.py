@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
@@ -250,6 +251,32 @@ async def get_report(analysis_id: Id, caller: CurrentCaller, request: Request, b
         token=caller.token,
     )
     return JSONResponse(MessageToDict(reply.report))
+
+
+@router.get(
+    "/analyses/{analysis_id}/sarif",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/sarif+json": {}}, "description": "A SARIF 2.1.0 log, as an attachment"},
+        **_ERRORS,
+        409: {"model": ErrorOut, "description": "Not succeeded (yet)"},
+    },
+    summary="Every finding of a succeeded analysis as a SARIF 2.1.0 log (for code-scanning tools)",
+)
+async def get_sarif(analysis_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep) -> Response:
+    reply: analysis_pb2.GetSarifResponse = await backends.call(
+        backends.analysis.GetSarif,
+        analysis_pb2.GetSarifRequest(analysis_id=analysis_id),
+        request=request,
+        token=caller.token,
+    )
+    # The service accepted the id, so it parses; its canonical form keeps the header free of anything the path held.
+    filename = f"repolens-{uuid.UUID(analysis_id)}.sarif"
+    return Response(
+        content=reply.sarif,
+        media_type="application/sarif+json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 def _finding(finding: analysis_pb2.Finding) -> FindingOut:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
@@ -206,3 +207,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         message = struct_pb2.Struct()
         message.update(report)
         return analysis_pb2.GetReportResponse(report=message)
+
+    async def GetSarif(self, request: analysis_pb2.GetSarifRequest, context: Context) -> analysis_pb2.GetSarifResponse:
+        claims = await self._identity(context)
+        log = await use_cases.get_sarif(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
+        # Compact: the log crosses gRPC in one message, and it grows with the number of findings.
+        return analysis_pb2.GetSarifResponse(sarif=json.dumps(log, ensure_ascii=False, separators=(",", ":")).encode())

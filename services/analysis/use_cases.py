@@ -40,6 +40,7 @@ from services.analysis.domain import (
     tenant_schema,
     validate_name,
 )
+from services.analysis.engine.sarif import to_sarif
 from services.analysis.urls import RepositoryUrlError, check_ref, check_repository_url
 
 log = structlog.get_logger(__name__)
@@ -362,3 +363,10 @@ async def diff_analyses(
         [before[k] for k in sorted(before.keys() - now.keys())],
         len(now.keys() & before.keys()),
     )
+
+
+async def get_sarif(*, analyses: Analyses, claims: AccessClaims, analysis_id: str) -> dict[str, Any]:
+    """Every finding of a succeeded analysis as a SARIF log, built from the stored report so the two always agree."""
+    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+        current, report = await _succeeded_report(conn, analysis_id)
+    return to_sarif(report, analysis_id=str(current.id), started_at=current.started_at, finished_at=current.finished_at)

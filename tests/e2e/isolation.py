@@ -76,6 +76,7 @@ ROUTES = [
     Route("POST", "/api/v2/analyses/{a_analysis_id}/cancel", addressed=True),
     Route("GET", "/api/v2/analyses/{a_analysis_id}/report", addressed=True),
     Route("GET", "/api/v2/analyses/{a_analysis_id}/findings", addressed=True),
+    Route("GET", "/api/v2/analyses/{a_analysis_id}/sarif", addressed=True),
     Route("GET", "/api/v2/analyses/{a_analysis_id}/diff?base={a_analysis_id}", addressed=True),
     Route("DELETE", "/api/v2/tenants/current", destructive=True),
 ]

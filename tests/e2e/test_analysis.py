@@ -78,7 +78,7 @@ def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: P
     assert done["status"] == "succeeded", done
     assert done["progress"] == 100
     assert done["attempts"] == 1
-    assert set(done["timings"]) >= {"fetch", "inventory"}
+    assert set(done["timings"]) >= {"fetch", "scan"}
     assert len(done["commit_sha"]) == 40
     report = expect(person.get(f"/api/v2/analyses/{started['id']}/report"), 200)
     languages = report["inventory"]["languages"]

@@ -105,7 +105,7 @@ def test_two_workers_twenty_jobs_no_overlap(workers_stack: Stack, tmp_path: Path
     assert logs.count("analysis.ended") == 20
 
 
-@pytest.mark.parametrize("step", ["fetch", "inventory"])
+@pytest.mark.parametrize("step", ["fetch", "scan"])
 def test_cancel_while_running(step: str, workers_stack: Stack, big_repository: Path, tmp_path: Path) -> None:
     with httpx.Client(base_url=workers_stack.gateway_url, timeout=15) as client:
         person = ready_for_analysis(register(client))
@@ -117,7 +117,7 @@ def test_cancel_while_running(step: str, workers_stack: Stack, big_repository: P
             seen = _wait(
                 person,
                 analysis_id,
-                lambda a: a["step"] == "inventory" or (a["status"] != "running" and a["status"] != "queued"),
+                lambda a: a["step"] == "scan" or (a["status"] != "running" and a["status"] != "queued"),
                 30,
             )
         assert seen["status"] == "running", seen

@@ -33,10 +33,10 @@ def test_pool_and_thread_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     alone = run(None)
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         pooled = run(pool)
-    for section in ("complexity", "secrets", "findings", "quality_gate"):
+    for section in ("inventory", "complexity", "secrets", "hotspots", "findings", "quality_gate"):
         assert pooled.sections[section] == alone.sections[section], section
     assert alone.sections["complexity"]["functions"] == 600
-    assert "complexity_and_secrets" in pooled.timings
+    assert "scan" in pooled.timings
 
 
 def test_pool_run_stops_on_cancel(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_pool_run_stops_on_cancel(tmp_path: Path) -> None:
     flag = {"stop": False}
 
     def progress(step: str, percent: int) -> None:
-        flag["stop"] = flag["stop"] or step == "complexity"  # cancelled once the pooled step has begun
+        flag["stop"] = flag["stop"] or step == "scan"  # cancelled once the pooled step has begun
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool, pytest.raises(Cancelled):

@@ -73,6 +73,7 @@ __all__ = [
     "FunctionMetrics",
     "complexity",
     "measure_file",
+    "measure_into",
 ]
 
 
@@ -549,27 +550,37 @@ def complexity(
     file)."""
     result = ComplexityResult()
     root_str = os.fspath(root)
-    skipped = result.skipped
     for rel, language in files:
         if should_stop():
             raise Cancelled
-        if _grammar_for(rel, language) is None:
-            skipped["unsupported"] = skipped.get("unsupported", 0) + 1
-            continue
         full = os.path.join(root_str, rel)
-        try:
-            size = os.stat(full).st_size
-            if size > max_file_bytes:
-                skipped["too_large"] = skipped.get("too_large", 0) + 1
-                continue
-            with open(full, "rb") as fh:
-                data = fh.read(max_file_bytes + 1)
-        except OSError:
-            skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-            continue
-        if len(data) > max_file_bytes:
-            skipped["too_large"] = skipped.get("too_large", 0) + 1
-            continue
-        result.functions.extend(measure_file(rel, data, language))
-        result.files_parsed += 1
+        data: bytes | str = "unsupported"
+        if _grammar_for(rel, language) is not None:
+            try:
+                if os.stat(full).st_size > max_file_bytes:
+                    data = "too_large"
+                else:
+                    with open(full, "rb") as fh:
+                        data = fh.read(max_file_bytes + 1)
+            except OSError:
+                data = "unreadable"
+        measure_into(result, rel, data, language, max_file_bytes)
     return result
+
+
+def measure_into(
+    result: ComplexityResult, rel: str, data: bytes | str, language: str, max_file_bytes: int = 1_000_000
+) -> None:
+    """Adds one file's functions to `result`, or counts why it is skipped. `data` is the file's bytes (read up to
+    `max_file_bytes` + 1, enough to tell it is too large) or, when it could not be read, the reason."""
+    reason = data if isinstance(data, str) else None
+    if _grammar_for(rel, language) is None:
+        reason = "unsupported"
+    elif isinstance(data, bytes) and len(data) > max_file_bytes:
+        reason = "too_large"
+    if reason is not None:
+        result.skipped[reason] = result.skipped.get(reason, 0) + 1
+        return
+    assert isinstance(data, bytes)
+    result.functions.extend(measure_file(rel, data, language))
+    result.files_parsed += 1

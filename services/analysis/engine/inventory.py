@@ -66,7 +66,11 @@ __all__ = [
     "Inventory",
     "LanguageStats",
     "count_lines",
+    "examine",
     "inventory",
+    "read",
+    "summarise",
+    "walk",
 ]
 
 # Version-control metadata: not part of the checked-out tree, left out without being counted.
@@ -247,13 +251,12 @@ def inventory(
     if not os.path.isdir(root_str):
         raise NotADirectoryError(root_str)
     skipped: dict[str, int] = {}
-    candidates = _walk(root_str, should_stop, skipped, max_file_bytes)
+    candidates = walk(root_str, should_stop=should_stop, skipped=skipped, max_file_bytes=max_file_bytes)
     total = len(candidates)
     if on_progress is not None:
         on_progress(0, total)
     last_progress = time.monotonic()
     files: list[FileStats] = []
-    sums: dict[str, list[int]] = {}
     for done, (rel, path, lang, size) in enumerate(candidates):
         if should_stop():
             raise Cancelled
@@ -262,23 +265,28 @@ def inventory(
             if now - last_progress >= _PROGRESS_INTERVAL_S:
                 on_progress(done, total)
                 last_progress = now
-        result = _examine(path, lang, max_file_bytes)
+        result = examine(rel, read(path, max_file_bytes), lang, size, max_file_bytes)
         if isinstance(result, str):
             skipped[result] = skipped.get(result, 0) + 1
-            continue
-        lang, code, comment, blank = result
-        files.append(FileStats(rel, lang.name, code, comment, blank, size))
-        acc = sums.get(lang.name)
-        if acc is None:
-            sums[lang.name] = [1, code, comment, blank]
         else:
-            acc[0] += 1
-            acc[1] += code
-            acc[2] += comment
-            acc[3] += blank
+            files.append(result)
     if on_progress is not None:
         on_progress(total, total)
-    files.sort(key=lambda f: f.path)
+    return summarise(files, skipped)
+
+
+def summarise(files: list[FileStats], skipped: dict[str, int]) -> Inventory:
+    """The inventory of counted `files` (any order) and the skip counts by reason."""
+    sums: dict[str, list[int]] = {}
+    for f in files:
+        acc = sums.get(f.language)
+        if acc is None:
+            sums[f.language] = [1, f.code, f.comment, f.blank]
+        else:
+            acc[0] += 1
+            acc[1] += f.code
+            acc[2] += f.comment
+            acc[3] += f.blank
     ordered = sorted(sums.items(), key=lambda item: (-item[1][1], item[0]))
     languages = {name: LanguageStats(*acc) for name, acc in ordered}
     totals = LanguageStats(
@@ -287,19 +295,24 @@ def inventory(
         sum(s.comment for s in languages.values()),
         sum(s.blank for s in languages.values()),
     )
-    return Inventory(files, languages, totals, dict(sorted(skipped.items())))
+    return Inventory(sorted(files, key=lambda f: f.path), languages, totals, dict(sorted(skipped.items())))
 
 
 # --- walking ----------------------------------------------------------------------------------------------------
 
-_Candidate = tuple[str, str, Language | None, int]  # relative path, absolute path, language (None: shebang), size
+Candidate = tuple[str, str, Language | None, int]  # relative path, absolute path, language (None: shebang), size
 
 
-def _walk(root: str, should_stop: Callable[[], bool], skipped: dict[str, int], max_bytes: int) -> list[_Candidate]:
+def walk(
+    root: str, *, should_stop: Callable[[], bool], skipped: dict[str, int], max_file_bytes: int
+) -> list[Candidate]:
+    """The files worth reading under `root`, in path order; what is left out is counted in `skipped`."""
+    max_bytes = max_file_bytes
+
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
 
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     stack: list[tuple[str, str]] = [(root, "")]
     seen = 0
     while stack:
@@ -363,13 +376,28 @@ def _walk(root: str, should_stop: Callable[[], bool], skipped: dict[str, int], m
     return candidates
 
 
-def _examine(path: str, lang: Language | None, max_bytes: int) -> str | tuple[Language, int, int, int]:
-    """A skip reason, or the file's language and its code, comment and blank line counts."""
+def read(path: str, max_file_bytes: int) -> bytes | str:
+    """A file's bytes (at most `max_file_bytes` + 1, enough to tell it is too large), or `"unreadable"`."""
     try:
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            return f.read(max_file_bytes + 1)
     except OSError:
         return "unreadable"
+
+
+def examine(rel: str, data: bytes | str, lang: Language | None, size: int, max_file_bytes: int) -> FileStats | str:
+    """One walked file's line counts from its bytes (as `read` gives them), or the reason it is skipped."""
+    result = _classify(data, lang, max_file_bytes)
+    if isinstance(result, str):
+        return result
+    lang, code, comment, blank = result
+    return FileStats(rel, lang.name, code, comment, blank, size)
+
+
+def _classify(data: bytes | str, lang: Language | None, max_bytes: int) -> str | tuple[Language, int, int, int]:
+    """A skip reason, or the file's language and its code, comment and blank line counts."""
+    if isinstance(data, str):
+        return data
     if len(data) > max_bytes:
         return "too_large"
     if not data:

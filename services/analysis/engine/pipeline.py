@@ -1,17 +1,25 @@
-"""The engine's steps after the clone, in order, on a checked-out tree: one call, one report section."""
+"""The engine's steps after the clone, in order, on a checked-out tree: one call, one report section each.
+
+How it stays fast: the tree is walked once, then every file is read once and handed, while its bytes are in
+memory, to each step that wants it (inventory, complexity, secrets). Those per-file steps run on chunks of
+files: with a process `pool`, on all its processes at once (largest files first, so no process is left with a
+long tail); without one, in the calling thread. Dependencies, findings, hotspots, the quality gate and the
+review then work on the merged results.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, ComplexityResult, complexity
+from services.analysis.engine.churn import Churn, no_history
+from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, ComplexityResult, measure_into
 from services.analysis.engine.dependencies import declared_dependencies
 from services.analysis.engine.findings import (
     Finding,
@@ -21,14 +29,31 @@ from services.analysis.engine.findings import (
     size_findings,
     sort_findings,
 )
-from services.analysis.engine.inventory import EXCLUDED_DIRS, VCS_NAMES, Cancelled, inventory
+from services.analysis.engine.hotspots import hotspots
+from services.analysis.engine.inventory import (
+    EXCLUDED_DIRS,
+    VCS_NAMES,
+    Cancelled,
+    FileStats,
+    examine,
+    read,
+    summarise,
+    walk,
+)
+from services.analysis.engine.languages import Language
 from services.analysis.engine.review import rule_based_review
-from services.analysis.engine.secrets import SecretScan, scan_secrets
+from services.analysis.engine.secrets import SecretFinding, SecretScan, scan_file
 
 Progress = Callable[[str, int], None]
 TOP_FUNCTIONS = 100
+CHUNK_BYTES = 1_000_000  # a chunk is one task: small enough that a cancellation never waits long
 CHUNK_FILES = 250
-T = TypeVar("T")
+MAX_FILE_BYTES = 2_000_000  # what the inventory counts; complexity and secrets stop at half of it
+STEP_MAX_FILE_BYTES = 1_000_000
+
+# One file to read: path relative to the root, its inventory language (None: not counted, or known only from a
+# shebang once read), its size, whether the inventory counts it, whether secrets are looked for in it.
+Item = tuple[str, Language | None, int, bool, bool]
 
 
 @dataclass
@@ -39,56 +64,84 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+@dataclass
+class Scanned:
+    """What the per-file steps found in some files; parts from several chunks merge into one."""
+
+    counted: list[FileStats] = field(default_factory=list)
+    inventory_skipped: dict[str, int] = field(default_factory=dict)
+    measured: ComplexityResult = field(default_factory=ComplexityResult)
+    secrets: list[SecretFinding] = field(default_factory=list)
+    secrets_scanned: int = 0
+    secrets_skipped: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: Scanned) -> None:
+        self.counted += other.counted
+        _add(self.inventory_skipped, other.inventory_skipped)
+        self.measured.functions += other.measured.functions
+        self.measured.files_parsed += other.measured.files_parsed
+        _add(self.measured.skipped, other.measured.skipped)
+        self.secrets += other.secrets
+        self.secrets_scanned += other.secrets_scanned
+        _add(self.secrets_skipped, other.secrets_skipped)
 
 
-def _merged(counts: Iterable[dict[str, int]]) -> dict[str, int]:
-    total: Counter[str] = Counter()
-    for count in counts:
-        total.update(count)
-    return dict(total)
+def _add(total: dict[str, int], more: dict[str, int]) -> None:
+    for key, count in more.items():
+        total[key] = total.get(key, 0) + count
 
 
-def _in_parallel(
-    pool: Executor,
-    src: Path,
-    code_files: list[tuple[str, str]],
-    paths: list[str],
-    should_stop: Callable[[], bool],
-) -> tuple[ComplexityResult, SecretScan]:
-    """Chunks small enough that a cancellation never waits long: running chunks are abandoned, not awaited."""
-    measuring = [pool.submit(complexity, src, chunk) for chunk in _chunks(code_files, CHUNK_FILES)]
-    scanning = [pool.submit(scan_secrets, src, chunk) for chunk in _chunks(paths, 2 * CHUNK_FILES)]
-    pending: set[Future[Any]] = {*measuring, *scanning}
-    while pending:
-        _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+def scan_files(root: str, items: list[Item], should_stop: Callable[[], bool] = lambda: False) -> Scanned:
+    """Reads each file once and runs every per-file step that wants it. A pool task, so module-level."""
+    part = Scanned()
+    for rel, language, size, counted, secrets in items:
         if should_stop():
-            for future in pending:
-                future.cancel()
-            raise Cancelled()
-    measured = [future.result() for future in measuring]
-    scanned = [future.result() for future in scanning]
-    return (
-        ComplexityResult(
-            functions=[f for part in measured for f in part.functions],
-            files_parsed=sum(part.files_parsed for part in measured),
-            skipped=_merged(part.skipped for part in measured),
-        ),
-        SecretScan(
-            findings=sorted(
-                (f for part in scanned for f in part.findings), key=lambda f: (f.path, f.line, f.column, f.rule_id)
-            ),
-            files_scanned=sum(part.files_scanned for part in scanned),
-            skipped=_merged(part.skipped for part in scanned),
-        ),
-    )
+            raise Cancelled
+        data = read(os.path.join(root, rel), MAX_FILE_BYTES)
+        if counted:
+            stats = examine(rel, data, language, size, MAX_FILE_BYTES)
+            if isinstance(stats, str):
+                part.inventory_skipped[stats] = part.inventory_skipped.get(stats, 0) + 1
+            else:
+                part.counted.append(stats)
+                if stats.language in SUPPORTED_LANGUAGES:
+                    measure_into(part.measured, rel, data, stats.language, STEP_MAX_FILE_BYTES)
+        if secrets:
+            found = scan_file(rel, data, part.secrets_skipped, STEP_MAX_FILE_BYTES)
+            if found is not None:
+                part.secrets_scanned += 1
+                part.secrets += found
+    return part
+
+
+def warm_up() -> None:
+    """Loads every grammar and query in this process, so that a pool's first analysis does not pay for it."""
+    for language in sorted(SUPPORTED_LANGUAGES):
+        measure_into(ComplexityResult(), "warm.tsx" if language == "TypeScript" else "warm", b"", language)
+
+
+def _pid_after(delay_s: float) -> int:
+    time.sleep(delay_s)
+    return os.getpid()
+
+
+def start_pool(processes: int, *, timeout_s: float = 60.0) -> ProcessPoolExecutor:
+    """A pool of `processes` spawned (never forked: a child must not inherit its parent's event loop, threads or
+    connections) and warm: returns once every process has started and loaded the grammars."""
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
+    deadline = time.monotonic() + timeout_s
+    seen: set[int] = set()
+    while len(seen) < processes:
+        if time.monotonic() > deadline:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise TimeoutError(f"{processes - len(seen)} engine processes did not start in {timeout_s} s")
+        seen.update(f.result(timeout=timeout_s) for f in [pool.submit(_pid_after, 0.05) for _ in range(processes)])
+    return pool
 
 
 def tracked_files(src: Path) -> list[str]:
-    """Every regular file of the tree outside version-control and dependency folders, as relative paths.
-
-    Secrets and manifests hide in files the inventory does not count (`.env`, `go.mod`, `Pipfile`)."""
+    """Every regular file of the tree outside version-control and dependency folders, as relative paths, never
+    through a symbolic link. Secrets and manifests hide in files the inventory does not count (`.env`, `go.mod`)."""
     found = []
     for directory, subdirectories, names in os.walk(src):
         subdirectories[:] = [d for d in subdirectories if d not in EXCLUDED_DIRS and d not in VCS_NAMES]
@@ -100,6 +153,59 @@ def tracked_files(src: Path) -> list[str]:
     return sorted(found)
 
 
+def plan(src: Path, should_stop: Callable[[], bool], inventory_skipped: dict[str, int]) -> tuple[list[Item], list[str]]:
+    """Every file to read, largest first, and the tracked files (for the dependencies step)."""
+    candidates = walk(os.fspath(src), should_stop=should_stop, skipped=inventory_skipped, max_file_bytes=MAX_FILE_BYTES)
+    paths = tracked_files(src)
+    tracked = set(paths)
+    items: list[Item] = [(rel, language, size, True, rel in tracked) for rel, _, language, size in candidates]
+    counted = {rel for rel, _, _, _ in candidates}
+    for rel in paths:
+        if rel not in counted:
+            items.append((rel, None, os.lstat(src / rel).st_size, False, True))
+    items.sort(key=lambda item: -item[2])
+    return items, paths
+
+
+def chunks(items: list[Item]) -> Iterator[list[Item]]:
+    """Consecutive runs of at most CHUNK_FILES files and about CHUNK_BYTES bytes."""
+    chunk: list[Item] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        size += item[2]
+        if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _scan(
+    src: Path, items: list[Item], pool: Executor | None, should_stop: Callable[[], bool], progress: Progress
+) -> Scanned:
+    total = Scanned()
+    parts = list(chunks(items))
+    if pool is None:
+        for done, part in enumerate(parts):
+            progress("scan", 40 + 45 * done // max(len(parts), 1))
+            total.merge(scan_files(os.fspath(src), part, should_stop))
+        return total
+    # Running chunks are abandoned on cancellation, not awaited; the merge below keeps the order of `parts`.
+    futures = [pool.submit(scan_files, os.fspath(src), part) for part in parts]
+    pending: set[Future[Scanned]] = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        if should_stop():
+            for future in pending:
+                future.cancel()
+            raise Cancelled()
+        progress("scan", 40 + 45 * (len(futures) - len(pending)) // max(len(futures), 1))
+    for future in futures:
+        total.merge(future.result())
+    return total
+
+
 def analyse(
     src: Path,
     *,
@@ -107,10 +213,11 @@ def analyse(
     should_stop: Callable[[], bool],
     progress: Progress,
     pool: Executor | None = None,
+    churn: Churn | None = None,
 ) -> Outcome:
-    """Runs inventory, complexity, secrets, dependencies, then findings, the quality gate and the review;
-    `progress(step, percent)` follows it. With a process `pool`, complexity and secrets run side by side
-    on all its processes, a chunk of files per task."""
+    """Runs the per-file steps (inventory, complexity, secrets), then dependencies, hotspots, findings, the
+    quality gate and the review; `progress(step, percent)` follows it. With a process `pool` the per-file steps
+    run on all its processes."""
     outcome = Outcome()
 
     def step(name: str, percent: int) -> float:
@@ -119,37 +226,34 @@ def analyse(
         progress(name, percent)
         return time.perf_counter()
 
-    started = step("inventory", 40)
-    counted = inventory(
-        src,
-        should_stop=should_stop,
-        on_progress=lambda done, total: progress("inventory", 40 + 15 * done // max(total, 1)),
+    started = step("scan", 40)
+    inventory_skipped: dict[str, int] = {}
+    items, paths = plan(src, should_stop, inventory_skipped)
+    scanned = _scan(src, items, pool, should_stop, progress)
+    _add(inventory_skipped, scanned.inventory_skipped)
+    counted = summarise(scanned.counted, inventory_skipped)
+    measured = scanned.measured
+    secrets = SecretScan(
+        findings=sorted(scanned.secrets, key=lambda f: (f.path, f.line, f.column, f.rule_id)),
+        files_scanned=scanned.secrets_scanned,
+        skipped=dict(sorted(scanned.secrets_skipped.items())),
     )
-    outcome.timings["inventory"] = round(time.perf_counter() - started, 3)
+    outcome.timings["scan"] = round(time.perf_counter() - started, 3)
     outcome.sections["inventory"] = counted.to_dict()
-
-    started = step("complexity", 60)
-    code_files = [(f.path, f.language) for f in counted.files if f.language in SUPPORTED_LANGUAGES]
-    paths = tracked_files(src)
-    if pool is None:
-        measured = complexity(src, code_files, should_stop=should_stop)
-        outcome.timings["complexity"] = round(time.perf_counter() - started, 3)
-        started = step("secrets", 80)
-        scanned = scan_secrets(src, paths, should_stop=should_stop)
-        outcome.timings["secrets"] = round(time.perf_counter() - started, 3)
-    else:
-        measured, scanned = _in_parallel(pool, src, code_files, paths, should_stop)
-        outcome.timings["complexity_and_secrets"] = round(time.perf_counter() - started, 3)
     ranked = sorted(measured.functions, key=lambda f: (-f.cyclomatic, f.path, f.start_line))
     outcome.sections["complexity"] = {
         "functions": len(measured.functions),
         "files_parsed": measured.files_parsed,
-        "skipped": measured.skipped,
+        "skipped": dict(sorted(measured.skipped.items())),
         "average": round(sum(f.cyclomatic for f in ranked) / len(ranked), 2) if ranked else 0,
         # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.
         "top": [asdict(f) for f in ranked[:TOP_FUNCTIONS]],
     }
-    outcome.sections["secrets"] = scanned.to_dict()
+    outcome.sections["secrets"] = secrets.to_dict()
+    # Here because hotspots need every function of a file, and only this step holds them all.
+    churn = churn or no_history()
+    outcome.sections["churn"] = churn.summary()
+    outcome.sections["hotspots"] = hotspots(churn, measured.functions)
 
     started = step("dependencies", 88)
     declared = declared_dependencies(src, paths)
@@ -160,7 +264,7 @@ def analyse(
     started = step("findings", 92)
     findings: list[Finding] = size_findings(counted.files, max_file_lines=gate["max_file_lines"])
     findings += complexity_findings(measured.functions, max_complexity=gate["max_function_complexity"])
-    findings += secret_findings(scanned.findings)
+    findings += secret_findings(secrets.findings)
     largest = max((f.code + f.comment + f.blank for f in counted.files), default=0)
     worst = ranked[0].cyclomatic if ranked else 0
     verdict = quality_gate(findings, max_function_complexity_found=worst, max_file_lines_found=largest, gate=gate)

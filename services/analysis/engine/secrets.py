@@ -97,6 +97,7 @@ __all__ = [
     "SecretScan",
     "is_placeholder",
     "is_test_path",
+    "scan_file",
     "scan_secrets",
     "shannon_entropy",
 ]
@@ -361,43 +362,63 @@ def scan_secrets(
     for rel in files:
         if should_stop():
             raise Cancelled
-        text, reason = _read(root_real, rel, max_file_bytes)
-        if text is None:
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        scanned += 1
-        findings.extend(_scan_text(rel, text, skipped))
+        reason = _unsafe(root_real, rel)
+        data = reason or _read(os.path.join(root_real, rel), max_file_bytes)
+        found = scan_file(rel, data, skipped, max_file_bytes)
+        if found is not None:
+            scanned += 1
+            findings.extend(found)
     findings.sort(key=lambda f: (f.path, f.line, f.column, f.rule_id))
     return SecretScan(findings=findings, files_scanned=scanned, skipped=skipped)
 
 
-def _read(root_real: str, rel: str, max_bytes: int) -> tuple[str | None, str]:
+def scan_file(
+    rel: str, data: bytes | str, skipped: dict[str, int], max_file_bytes: int = 1_000_000
+) -> list[SecretFinding] | None:
+    """The findings of one file from its bytes (read up to `max_file_bytes` + 1, or a skip reason instead), or
+    None when it is skipped (its reason counted in `skipped`). `rel` must name a regular file inside the tree,
+    reached without following a symbolic link (the engine's own walk gives only those)."""
+    reason = data if isinstance(data, str) else _skip_reason(rel, data, max_file_bytes)
+    if reason:
+        skipped[reason] = skipped.get(reason, 0) + 1
+        return None
+    assert isinstance(data, bytes)
+    return _scan_text(rel, data.decode("utf-8", errors="replace"), skipped)
+
+
+def _unsafe(root_real: str, rel: str) -> str:
+    """Why a path given by a caller must not be read ("" when it may): outside the tree, or not a regular file."""
     parts = rel.split("/")
     if rel.startswith("/") or ".." in parts or os.path.isabs(rel):
-        return None, "outside_root"
-    if parts[-1] in GENERATED_NAMES:
-        return None, "lock_file"
+        return "outside_root"
     full = os.path.join(root_real, *parts)
     try:
         st = os.lstat(full)
     except OSError:
-        return None, "not_regular"
+        return "not_regular"
     if not stat.S_ISREG(st.st_mode):
-        return None, "not_regular"
+        return "not_regular"
     if os.path.commonpath([root_real, os.path.realpath(full)]) != root_real:
-        return None, "outside_root"
-    if st.st_size > max_bytes:
-        return None, "too_large"
+        return "outside_root"
+    return ""
+
+
+def _read(full: str, max_bytes: int) -> bytes | str:
     try:
         with open(full, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            return fh.read(max_bytes + 1)
     except OSError:
-        return None, "unreadable"
+        return "unreadable"
+
+
+def _skip_reason(rel: str, data: bytes, max_bytes: int) -> str:
+    if rel.rsplit("/", 1)[-1] in GENERATED_NAMES:
+        return "lock_file"
     if len(data) > max_bytes:
-        return None, "too_large"
+        return "too_large"
     if b"\0" in data[:_BINARY_PROBE]:
-        return None, "binary"
-    return data.decode("utf-8", errors="replace"), ""
+        return "binary"
+    return ""
 
 
 def _scan_text(path: str, text: str, skipped: dict[str, int]) -> list[SecretFinding]:

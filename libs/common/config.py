@@ -233,9 +233,29 @@ class AnalysisSettings(GrpcServiceSettings):
     engine_processes: int = Field(
         default=0, ge=0, le=64, description="Processes a worker runs the engine's heavy steps on (0: in-thread)"
     )
+    # The LLM review. The base URLs share their names with the SDKs' own variables, so one setting points both
+    # (a gateway or a regional endpoint); empty means the SDK's default.
+    anthropic_base_url: str = Field(default="", description="Anthropic API base URL (default: the SDK's)")
+    openai_base_url: str = Field(default="", description="OpenAI API base URL, /v1 included (default: the SDK's)")
+    llm_timeout_s: float = Field(default=60.0, gt=0, le=600, description="Time limit of one request to the provider")
+    llm_deadline_s: float = Field(
+        default=150.0, gt=0, le=1800, description="Time limit of the whole review, retries and their waits included"
+    )
+    llm_max_retries: int = Field(default=1, ge=0, le=3, description="Retries of a failed request (429, 5xx, timeout)")
+    llm_max_input_tokens: int = Field(
+        default=8000, ge=500, le=200_000, description="Prompt budget per analysis (estimated conservatively)"
+    )
+    llm_max_output_tokens: int = Field(default=1024, ge=64, le=16_384, description="max_tokens of the review")
+    llm_anthropic_model: str = Field(
+        default="claude-sonnet-5-5", description="Model when the tenant names none (provider anthropic)"
+    )
+    llm_openai_model: str = Field(default="gpt-5.5", description="Model when the tenant names none (provider openai)")
 
     def production_problems(self) -> list[str]:
         problems = super().production_problems()
+        for name in ("anthropic_base_url", "openai_base_url"):
+            if getattr(self, name) and not getattr(self, name).startswith("https://"):
+                problems.append(f"{name.upper()} must be https: the tenants' API keys travel with every request")
         if self.allow_local_repositories:
             problems.append("ALLOW_LOCAL_REPOSITORIES must be off: tenants could read the server's disk")
         if self.service_token.get_secret_value() == DEVELOPMENT_SERVICE_TOKEN:

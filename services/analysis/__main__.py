@@ -114,7 +114,8 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
 
 async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
     """A worker process: no gRPC server, just jobs. SIGTERM stops taking jobs and lets running ones end."""
-    from services.analysis.worker import Worker  # the engine is imported by workers only
+    from services.analysis.engine.llm_review import ReviewSettings  # the engine is imported by workers only
+    from services.analysis.worker import Worker
 
     stop = stop or asyncio.Event()
     if stop is not None and not stop.is_set():
@@ -148,6 +149,7 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         max_repository_bytes=settings.max_repository_bytes,
         work_dir=settings.work_dir,
         engine_processes=settings.engine_processes,
+        review=ReviewSettings.from_settings(settings),
     )
     relaying = asyncio.create_task(relay.run())
     try:

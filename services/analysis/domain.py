@@ -81,6 +81,10 @@ class TenantConfig:
 
     allowed_hosts: tuple[str, ...] = ("github.com",)
     github_token: str = field(default="", repr=False)
+    anthropic_api_key: str = field(default="", repr=False)
+    openai_api_key: str = field(default="", repr=False)
+    llm_provider: str = "none"  # none, anthropic or openai
+    llm_model: str = ""  # empty: the deployment's default model for the provider
     quality_gate: dict[str, int] = field(
         default_factory=lambda: {
             "max_function_complexity": 15,
@@ -90,3 +94,8 @@ class TenantConfig:
         }
     )
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def llm_api_key(self) -> str:
+        """The chosen provider's key: a tenant may keep keys for both and switch with `llm_provider` alone."""
+        return {"anthropic": self.anthropic_api_key, "openai": self.openai_api_key}.get(self.llm_provider, "")

@@ -43,6 +43,10 @@ class TenantConfigClient:
         config = TenantConfig(
             allowed_hosts=tuple(reply.allowed_hosts),
             github_token=reply.github_token,
+            anthropic_api_key=reply.anthropic_api_key,
+            openai_api_key=reply.openai_api_key,
+            llm_provider=reply.llm_provider or "none",
+            llm_model=reply.llm_model,
             quality_gate={
                 "max_function_complexity": gate.max_function_complexity,
                 "max_high_findings": gate.max_high_findings,

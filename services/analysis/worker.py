@@ -40,10 +40,12 @@ from services.analysis.domain import (
     SUCCEEDED,
     Analysis,
     Repository,
+    TenantConfig,
 )
 from services.analysis.engine.fetch import FetchCancelled, FetchError, fetch
 from services.analysis.engine.findings import changes_since
 from services.analysis.engine.inventory import Cancelled
+from services.analysis.engine.llm_review import PROVIDERS, ReviewSettings, llm_review
 from services.analysis.engine.pipeline import analyse
 from services.analysis.jobs import ensure_jobs_stream
 from services.analysis.urls import RepositoryUrlError, check_repository_url
@@ -88,6 +90,7 @@ class Worker:
         max_repository_bytes: int,
         work_dir: str = "",
         engine_processes: int = 0,
+        review: ReviewSettings | None = None,
     ):
         self._analyses = analyses
         self._js = js
@@ -101,6 +104,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._engine_processes = engine_processes
         self._pool: ProcessPoolExecutor | None = None
+        self._review = review or ReviewSettings()
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_jobs_stream(self._js)
@@ -288,6 +292,12 @@ class Worker:
                 pool=self._pool,
             )
             run.timings.update(outcome.timings)
+        if config.llm_provider in PROVIDERS:
+            # After the clone's directory is gone: the review is network I/O on the event loop, not disk.
+            run.step, run.progress = "review", 96
+            started = time.perf_counter()
+            outcome.sections["review"] = await self._llm_review(outcome.sections, config, run)
+            run.timings["review"] = round(time.perf_counter() - started, 3)
         report = {
             "repository": {"id": str(repository.id), "name": repository.name, "url": repository.url},
             "ref": analysis.ref,
@@ -296,6 +306,35 @@ class Worker:
             "timings": dict(run.timings),
         }
         return report, fetched.commit_sha
+
+    async def _llm_review(self, sections: dict[str, Any], config: TenantConfig, run: Run) -> dict[str, Any]:
+        """The provider's review, abandoned as soon as the analysis is cancelled; a failure of ours here
+        leaves the rule-based review in place rather than failing an analysis whose results are all there."""
+        task = asyncio.create_task(
+            llm_review(
+                sections,
+                provider=config.llm_provider,
+                api_key=config.llm_api_key,
+                model=config.llm_model,
+                settings=self._review,
+            )
+        )
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                if run.stop.is_set() and not task.done():
+                    raise Cancelled()
+            return task.result()
+        except Cancelled:
+            raise
+        except Exception as exc:
+            log.warning("review.crashed", error_type=type(exc).__name__)
+            return dict(sections.get("review") or {})
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _watch(self, tenant_id: uuid.UUID, analysis_id: uuid.UUID, run: Run) -> None:
         """Writes progress twice a second and turns a cancellation (or a vanished row) into the stop flag."""

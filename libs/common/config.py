@@ -227,6 +227,10 @@ class AnalysisSettings(GrpcServiceSettings):
     job_ack_wait_s: float = Field(default=30.0, ge=2, description="A job is redelivered when silent this long")
     fetch_timeout_s: float = Field(default=300.0, gt=0, description="Time limit of one clone")
     max_repository_bytes: int = Field(default=500_000_000, ge=1_000_000, description="Size limit of one clone")
+    churn_window_days: int = Field(default=365, ge=1, le=3650, description="History the churn and hotspots cover")
+    churn_max_commits: int = Field(
+        default=1000, ge=1, le=100_000, description="Commits of history fetched and read for churn, at most"
+    )
     work_dir: str = Field(default="", description="Where clones go (default: the system temp dir)")
     migration_parallelism: int = Field(default=4, ge=1, le=32, description="Tenant schemas migrated at once")
     # 0 until the pooled path has run clean under the multi-worker tests in CI (one unexplained failure seen).

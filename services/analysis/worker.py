@@ -42,6 +42,7 @@ from services.analysis.domain import (
     Repository,
     TenantConfig,
 )
+from services.analysis.engine.churn import churn
 from services.analysis.engine.fetch import FetchCancelled, FetchError, fetch
 from services.analysis.engine.findings import changes_since
 from services.analysis.engine.inventory import Cancelled
@@ -88,6 +89,8 @@ class Worker:
         ack_wait_s: float,
         fetch_timeout_s: float,
         max_repository_bytes: int,
+        churn_window_days: int = 365,
+        churn_max_commits: int = 1000,
         work_dir: str = "",
         engine_processes: int = 0,
         review: ReviewSettings | None = None,
@@ -100,6 +103,8 @@ class Worker:
         self._ack_wait_s = ack_wait_s
         self._fetch_timeout_s = fetch_timeout_s
         self._max_bytes = max_repository_bytes
+        self._churn_window_days = churn_window_days
+        self._churn_max_commits = churn_max_commits
         self._work_dir = work_dir or None
         self._running: set[asyncio.Task[None]] = set()
         self._engine_processes = engine_processes
@@ -277,8 +282,19 @@ class Worker:
                 timeout_s=self._fetch_timeout_s,
                 max_bytes=self._max_bytes,
                 should_stop=run.stop.is_set,
+                depth=self._churn_max_commits,
             )
             run.timings["fetch"] = round(time.perf_counter() - started, 3)
+            run.step, run.progress = "churn", 30
+            started = time.perf_counter()
+            history = await churn(
+                Path(tmp) / "src",
+                window_days=self._churn_window_days,
+                max_commits=self._churn_max_commits,
+                timeout_s=self._fetch_timeout_s,
+                should_stop=run.stop.is_set,
+            )
+            run.timings["churn"] = round(time.perf_counter() - started, 3)
 
             def progress(step: str, percent: int) -> None:
                 run.step, run.progress = step, percent
@@ -290,6 +306,7 @@ class Worker:
                 should_stop=run.stop.is_set,
                 progress=progress,
                 pool=self._pool,
+                churn=history,
             )
             run.timings.update(outcome.timings)
         if config.llm_provider in PROVIDERS:

@@ -233,9 +233,8 @@ class AnalysisSettings(GrpcServiceSettings):
     )
     work_dir: str = Field(default="", description="Where clones go (default: the system temp dir)")
     migration_parallelism: int = Field(default=4, ge=1, le=32, description="Tenant schemas migrated at once")
-    # 0 until the pooled path has run clean under the multi-worker tests in CI (one unexplained failure seen).
     engine_processes: int = Field(
-        default=0, ge=0, le=64, description="Processes a worker runs the engine's heavy steps on (0: in-thread)"
+        default=2, ge=0, le=64, description="Processes a worker runs the engine's per-file steps on (0: in-thread)"
     )
     # The LLM review. The base URLs share their names with the SDKs' own variables, so one setting points both
     # (a gateway or a regional endpoint); empty means the SDK's default.

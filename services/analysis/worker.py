@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import multiprocessing
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common import errors
+from libs.common import errors, metrics
 from libs.common.db import autocommit
 from libs.common.errors import AppError, ErrorSpec
 from libs.common.events import unpack
@@ -47,7 +46,7 @@ from services.analysis.engine.fetch import FetchCancelled, FetchError, fetch
 from services.analysis.engine.findings import changes_since
 from services.analysis.engine.inventory import Cancelled
 from services.analysis.engine.llm_review import PROVIDERS, ReviewSettings, llm_review
-from services.analysis.engine.pipeline import analyse
+from services.analysis.engine.pipeline import analyse, start_pool
 from services.analysis.jobs import ensure_jobs_stream
 from services.analysis.urls import RepositoryUrlError, check_repository_url
 from services.analysis.use_cases import Analyses, emit_finished, tenant_transaction
@@ -126,8 +125,7 @@ class Worker:
         )
         subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=JOBS_STREAM)
         if self._engine_processes:
-            # Spawned, not forked: the children must not inherit this process's event loop and connections.
-            self._pool = ProcessPoolExecutor(self._engine_processes, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = await asyncio.to_thread(start_pool, self._engine_processes)
         log.info("worker.started", concurrency=self._concurrency, engine_processes=self._engine_processes)
         while not stop.is_set():
             free = self._concurrency - len(self._running)
@@ -153,6 +151,7 @@ class Worker:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, message: Msg) -> None:
+        metrics.delivery_received(DURABLE, message)
         heartbeat = asyncio.create_task(self._heartbeat(message))
         settle = Settle.LATER
         try:
@@ -172,6 +171,7 @@ class Worker:
                 await message.ack()
             else:
                 await message.nak(delay=1.0)
+            metrics.delivery_settled(DURABLE, "acked" if settle is Settle.ACK else "retried")
         except Exception as exc:  # the job comes back after ack_wait anyway
             log.warning("worker.settle_failed", error=error_text(exc))
         finally:
@@ -247,8 +247,10 @@ class Worker:
             return Settle.ACK
         analysis, repository = claimed
         log.info("analysis.started", attempt=analysis.attempts)
+        metrics.ANALYSES.labels(state="running").inc()
         run = Run()
         watcher = asyncio.create_task(self._watch(tenant_id, analysis_id, run))
+        metrics.ANALYSES_IN_PROGRESS.inc()
         try:
             report, commit_sha = await self._engine(tenant_id, analysis, repository, run)
         except (Cancelled, FetchCancelled):
@@ -259,6 +261,7 @@ class Worker:
             spec = _FETCH_ERRORS.get(exc.reason, errors.FETCH_FAILED)
             return await self._end(tenant_id, analysis, run, status=FAILED, spec=spec)
         finally:
+            metrics.ANALYSES_IN_PROGRESS.dec()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import psycopg.sql
 import pytest
 
 from libs.devstack.stack import Stack
@@ -262,3 +263,22 @@ def test_secrets_are_reported_redacted_and_dependencies_listed(
     assert token not in str(findings)
     time.sleep(0.5)
     assert all(token not in stack.logs(name) for name in ("analysis", "worker", "gateway"))
+    assert _tables_holding(stack.database_url, token[4:20]) == []
+    assert _tables_holding(stack.database_url, "secret.github-token"), "the search itself must find stored text"
+
+
+def _tables_holding(database_url: str, text: str) -> list[str]:
+    """Every table, in every schema of the database, with a row whose text form contains `text`."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        holding = []
+        for schema, table in tables:
+            query = psycopg.sql.SQL("SELECT 1 FROM {}.{} AS t WHERE strpos(t::text, %s) > 0 LIMIT 1").format(
+                psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table)
+            )
+            if conn.execute(query, (text,)).fetchone():
+                holding.append(f"{schema}.{table}")
+        return holding

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc
+.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc config-doc
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -71,6 +71,10 @@ errors-doc: install
 ## permissions-doc: regenerate docs/permissions.md from the tenants permission table
 permissions-doc: install
 	$(PY) -m services.tenants.domain > docs/permissions.md
+
+## config-doc: regenerate docs/configuration.md from the settings classes
+config-doc: install
+	$(PY) -m libs.common.config_doc > docs/configuration.md
 
 bench: install
 	$(PY) bench/auth_me.py

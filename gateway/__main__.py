@@ -22,9 +22,12 @@ def main() -> int:
         http="httptools",
         access_log=False,
         log_config=None,
+        # X-Forwarded-For is read by the app itself, and only from TRUSTED_PROXIES (gateway/edge.py).
         proxy_headers=False,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.http_keepalive_timeout_s,
+        timeout_graceful_shutdown=settings.http_graceful_shutdown_s,
+        limit_concurrency=settings.http_limit_concurrency,
+        backlog=settings.http_backlog,
         server_header=False,
     )
     return 0

@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 
 from gateway.deps import Backends
+from gateway.edge import EdgeLimitsMiddleware, SecuredFastAPI, install_cors_and_proxies, install_docs
 from gateway.errors import install_error_handlers
 from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from gateway.ratelimit import install_rate_limits
 from gateway.routes import analysis, auth, health, tenants
 from gateway.routes import settings as settings_routes
 from libs.common.config import GatewaySettings
@@ -113,17 +115,22 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await auth_channel.close()
             await tenants_channel.close()
             await analysis_channel.close()
+            await rate_limits.close()
             log.info("gateway.stopped")
 
-    app = FastAPI(
+    app = SecuredFastAPI(
+        hsts_max_age_s=settings.hsts_max_age_s if settings.is_production else None,
         title="RepoLens API",
         version="2.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # install_docs serves it, with its own Content-Security-Policy
         redoc_url=None,
+        debug=settings.debug,
     )
     install_error_handlers(app)
+    rate_limits = install_rate_limits(app, settings)
+    install_docs(app)
     app.include_router(auth.router)
     app.include_router(tenants.router)
     app.include_router(settings_routes.router)
@@ -131,5 +138,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(health.router)
     # Outermost last: the request id exists before the limits answer.
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        EdgeLimitsMiddleware,
+        allowed_hosts=settings.allowed_hosts,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
     app.add_middleware(RequestContextMiddleware)
+    install_cors_and_proxies(app, settings)
     return app

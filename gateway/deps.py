@@ -9,6 +9,7 @@ import grpc
 import structlog
 from fastapi import Depends, Request
 
+from gateway.ratelimit import rate_limits
 from libs.common.config import GatewaySettings
 from libs.common.grpc_client import error_from_rpc
 from libs.common.grpc_server import REQUEST_ID_KEY
@@ -71,6 +72,9 @@ async def current_caller(request: Request, backends: BackendsDep) -> Caller:
     claims = await backends.verifier.verify(token)
     backends.revocations.check(claims)
     structlog.contextvars.bind_contextvars(tenant_id=str(claims.tenant_id), user_id=str(claims.user_id))
+    # Per user, not per token: logging in again must not buy a fresh allowance.
+    limits = rate_limits(request)
+    await limits.acquire(limits.api, str(claims.user_id))
     return Caller(claims=claims, token=token)
 
 

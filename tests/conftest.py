@@ -1,4 +1,4 @@
-"""Session-wide servers for the tests: PostgreSQL, a fresh database, NATS, and the running stack."""
+"""Session-wide servers for the tests: PostgreSQL, a fresh database, NATS, Redis (Valkey), and the running stack."""
 
 from __future__ import annotations
 
@@ -11,10 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from libs.devstack.servers import EmbeddedNats, EmbeddedPostgres, create_database, drop_database
+from libs.devstack.servers import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey, create_database, drop_database
 from libs.devstack.stack import Stack
 
 StackFactory = Callable[..., Stack]
+
+# Shared stacks serve every test from 127.0.0.1, registering and logging in hundreds of users: the real limits
+# would refuse them. tests/e2e/test_rate_limits.py runs gateways of its own with the defaults.
+RELAXED_RATE_LIMITS = dict.fromkeys(
+    (
+        "RATE_LIMIT_LOGIN_ADDRESS",
+        "RATE_LIMIT_LOGIN_USERNAME",
+        "RATE_LIMIT_REGISTER",
+        "RATE_LIMIT_INVITATIONS",
+        "RATE_LIMIT_TOKENS",
+        "RATE_LIMIT_API",
+    ),
+    "1000000/minute",
+)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +79,24 @@ def nats_url() -> Iterator[str]:
         server.delete()
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis: TEST_REDIS_URL, else an embedded Valkey on a free port (never the 6379 a machine may have).
+
+    Shared by the session: tests keep apart with a key prefix of their own (RATE_LIMIT_KEY_PREFIX).
+    """
+    configured = os.environ.get("TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedValkey(tempfile.mkdtemp(prefix="repolens-test-valkey-"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.delete()
+
+
 @pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A private NATS (always embedded, even with TEST_NATS_URL) that the test may stop and start."""
@@ -86,6 +118,7 @@ def stack(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFac
         database_url,
         nats_url,
         environment="test",
+        extra_env=RELAXED_RATE_LIMITS,
         log_file=tmp_path_factory.mktemp("stack") / "stack.log",
     )
     running.start()
@@ -120,7 +153,7 @@ def make_stack(postgres_server_url: str, database_url: str, nats_url: str, tmp_p
             database_url,
             nats_url,
             environment=environment,
-            extra_env=extra_env,
+            extra_env={**RELAXED_RATE_LIMITS, **(extra_env or {})},
             log_file=tmp_path / f"stack-{len(made)}.log",
         )
         made.append(new)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response, status
 from google.protobuf.json_format import MessageToDict
 
 from gateway.deps import BackendsDep, CurrentCaller
+from gateway.ratelimit import client_address, rate_limits
 from gateway.schemas import (
     ErrorOut,
     LoginBody,
@@ -29,6 +30,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}
+}
+_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "Rate limited (`ERR_RATE_001`); see `Retry-After`"}
 }
 
 
@@ -53,10 +57,12 @@ def _tokens(tokens: auth_pb2.TokenPair) -> TokensOut:
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=RegisteredOut,
-    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Username or email taken"}},
+    responses={**_ERRORS, **_LIMITED, 409: {"model": ErrorOut, "description": "Username or email taken"}},
     summary="Create a user and its personal tenant",
 )
 async def register(body: RegisterBody, request: Request, backends: BackendsDep) -> RegisteredOut:
+    limits = rate_limits(request)
+    await limits.acquire(limits.register, client_address(request))
     reply: auth_pb2.RegisterResponse = await backends.call(
         backends.auth.Register,
         auth_pb2.RegisterRequest(
@@ -70,23 +76,38 @@ async def register(body: RegisterBody, request: Request, backends: BackendsDep) 
 @router.post(
     "/login",
     response_model=TokensOut,
-    responses={**_ERRORS, 401: {"model": ErrorOut, "description": "Invalid username or password"}},
+    responses={
+        **_ERRORS,
+        401: {"model": ErrorOut, "description": "Invalid username or password"},
+        429: {
+            "model": ErrorOut,
+            "description": "Too many attempts from this address (`ERR_RATE_001`) or failures for this username "
+            "(`ERR_RATE_002`); see `Retry-After`",
+        },
+    },
     summary="Tokens for the user's last used (or personal) tenant",
 )
 async def login(body: LoginBody, request: Request, backends: BackendsDep) -> TokensOut:
-    reply: auth_pb2.LoginResponse = await backends.call(
-        backends.auth.Login, auth_pb2.LoginRequest(username=body.username, password=body.password), request=request
-    )
+    async with rate_limits(request).login_attempt(address=client_address(request), username=body.username):
+        reply: auth_pb2.LoginResponse = await backends.call(
+            backends.auth.Login, auth_pb2.LoginRequest(username=body.username, password=body.password), request=request
+        )
     return _tokens(reply.tokens)
 
 
 @router.post(
     "/refresh",
     response_model=TokensOut,
-    responses={**_ERRORS, 401: {"model": ErrorOut, "description": "Unknown, expired or reused refresh token"}},
+    responses={
+        **_ERRORS,
+        **_LIMITED,
+        401: {"model": ErrorOut, "description": "Unknown, expired or reused refresh token"},
+    },
     summary="Rotate the refresh token; reusing a spent one revokes the session",
 )
 async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) -> TokensOut:
+    limits = rate_limits(request)
+    await limits.acquire(limits.tokens, client_address(request))
     reply: auth_pb2.RefreshTokensResponse = await backends.call(
         backends.auth.RefreshTokens, auth_pb2.RefreshTokensRequest(refresh_token=body.refresh_token), request=request
     )
@@ -96,10 +117,12 @@ async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) ->
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**_ERRORS, 401: {"model": ErrorOut, "description": "Unknown refresh token"}},
+    responses={**_ERRORS, **_LIMITED, 401: {"model": ErrorOut, "description": "Unknown refresh token"}},
     summary="Revoke the session; its access tokens stop working within a second",
 )
 async def logout(body: RefreshBody, request: Request, backends: BackendsDep) -> Response:
+    limits = rate_limits(request)
+    await limits.acquire(limits.tokens, client_address(request))
     await backends.call(backends.auth.Logout, auth_pb2.LogoutRequest(refresh_token=body.refresh_token), request=request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

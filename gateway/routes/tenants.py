@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from gateway.deps import BackendsDep, CurrentCaller
+from gateway.ratelimit import client_address, rate_limits
 from gateway.schemas import (
     CreateTenantBody,
     DeletedTenantOut,
@@ -236,6 +237,8 @@ async def create_invitation(
 async def accept_invitation(
     token: Annotated[str, Path(max_length=128)], caller: CurrentCaller, request: Request, backends: BackendsDep
 ) -> TenantOut:
+    limits = rate_limits(request)
+    await limits.acquire(limits.invitations, str(caller.claims.user_id), client_address(request))
     reply: tenants_pb2.AcceptInvitationResponse = await backends.call(
         backends.tenants.AcceptInvitation,
         tenants_pb2.AcceptInvitationRequest(token=token),

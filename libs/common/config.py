@@ -106,9 +106,32 @@ class CommonSettings(BaseSettings):
     def _production_needs_real_values(self) -> Self:
         if self.is_production:
             problems = self.production_problems()
+            # The generic secret checks name a setting only when no specific check has already named it.
+            problems += [text for name, text in self.secret_problems() if not any(name in p for p in problems)]
             if problems:
                 raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    def secret_problems(self) -> list[tuple[str, str]]:
+        """(setting, reason) for every secret left at its development default or too weak to be one.
+
+        Generic so that a secret added later is covered without anyone remembering to add a check.
+        """
+        problems = []
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if not isinstance(value, SecretStr):
+                continue
+            setting, secret = name.upper(), value.get_secret_value()
+            if isinstance(field.default, SecretStr) and secret == field.default.get_secret_value():
+                problems.append((setting, f"{setting} is missing or the development default"))
+            elif name.endswith("master_key"):
+                # base64 of 32 random bytes has about 30 distinct byte values; a typed-in phrase far fewer.
+                if len(set(decode_master_key(secret))) < 16:
+                    problems.append((setting, f"{setting} is not random (generate 32 random bytes)"))
+            elif len(secret) < 32:
+                problems.append((setting, f"{setting} is shorter than 32 characters"))
+        return problems
 
     def production_problems(self) -> list[str]:
         """Reasons this configuration is unfit for production; subclasses add their own."""
@@ -151,6 +174,17 @@ def _master_key_shape(value: SecretStr) -> SecretStr:
 
 # A master key setting: refused at start-up unless it is base64 of 32 bytes.
 MasterKey = Annotated[SecretStr, AfterValidator(_master_key_shape)]
+
+
+def _rate_limit_shape(value: str) -> str:
+    from limits import parse_many  # only the gateway has rate limits; the services need not import it
+
+    parse_many(value)
+    return value
+
+
+# A rate limit in the `limits` notation ("5/minute", "5/minute;20/hour"); refused at start-up unless it parses.
+RateLimit = Annotated[str, AfterValidator(_rate_limit_shape)]
 
 
 class AuthSettings(GrpcServiceSettings):
@@ -276,3 +310,71 @@ class GatewaySettings(CommonSettings):
     analysis_grpc_target: str = Field(default="127.0.0.1:50053", description="Analysis service address")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted")
     ready_check_timeout_s: float = Field(default=1.0, gt=0, description="Deadline of one downstream health check")
+    debug: bool = Field(default=False, description="Tracebacks in 500 answers (development only)")
+
+    # The HTTP edge (gateway/edge.py).
+    max_url_bytes: int = Field(default=8192, ge=256, description="Longest path plus query string accepted (414)")
+    max_header_bytes: int = Field(default=16_384, ge=1024, description="Largest total of request headers (431)")
+    max_headers: int = Field(default=100, ge=10, description="Most request headers accepted (431)")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description='Host header values served (JSON list; "*.example.com" matches subdomains); /health/* is exempt',
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Proxy addresses or CIDRs whose X-Forwarded-For/-Proto are believed (JSON list; empty: none)",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (JSON list; empty: no CORS)"
+    )
+    cors_allow_credentials: bool = Field(default=False, description="Let browsers send cookies to allowed origins")
+    hsts_max_age_s: int = Field(default=63_072_000, ge=0, description="Strict-Transport-Security max-age (production)")
+    http_keepalive_timeout_s: int = Field(default=5, ge=1, description="Idle keep-alive connections close after")
+    http_graceful_shutdown_s: int = Field(default=10, ge=0, description="Time in-flight requests get on SIGTERM")
+    http_limit_concurrency: int = Field(
+        default=1000, ge=1, description="Connections and requests at once before answering 503"
+    )
+    http_backlog: int = Field(default=2048, ge=1, description="Pending TCP connections queued by the kernel")
+
+    # Rate limits (gateway/ratelimit.py), in the `limits` notation: "5/minute", "5/minute;20/hour".
+    redis_url: str = Field(
+        default="", description="Redis/Valkey URL for rate-limit counters; empty: in this process's memory"
+    )
+    rate_limit_key_prefix: str = Field(default="repolens", description="Prefix of every rate-limit key in Redis")
+    rate_limit_login_address: RateLimit = Field(default="5/minute", description="Login attempts per client address")
+    rate_limit_login_username: RateLimit = Field(
+        default="5/minute;20/hour;100/day",
+        description="Failed logins per username before it is locked; each tier locks longer",
+    )
+    login_known_address_ttl_s: int = Field(
+        default=30 * 86400,
+        ge=0,
+        description="An address that logged a user in stays exempt from that username's lock this long (0: never)",
+    )
+    rate_limit_register: RateLimit = Field(default="5/minute;30/hour", description="Registrations per client address")
+    rate_limit_invitations: RateLimit = Field(
+        default="10/minute", description="Invitation acceptances per user and per client address"
+    )
+    rate_limit_tokens: RateLimit = Field(default="30/minute", description="Refresh and logout calls per client address")
+    rate_limit_api: RateLimit = Field(default="600/minute", description="Authenticated requests per user")
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="Connect and reply timeout of one Redis call")
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Self:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError('CORS_ORIGINS "*" cannot be combined with CORS_ALLOW_CREDENTIALS')
+        return self
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if not self.redis_url:
+            problems.append("REDIS_URL is not set: rate limits would not hold across gateway processes")
+        if self.debug:
+            problems.append("DEBUG must be off: 500 answers would carry tracebacks")
+        if "*" in self.cors_origins:
+            problems.append('CORS_ORIGINS must list origins, not "*"')
+        if "*" in self.allowed_hosts or not self.allowed_hosts:
+            problems.append("ALLOWED_HOSTS must list the public host names")
+        if "*" in self.trusted_proxies:
+            problems.append('TRUSTED_PROXIES must not be "*": any client could choose its address')
+        return problems

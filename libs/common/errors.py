@@ -58,6 +58,39 @@ UNSUPPORTED_MEDIA_TYPE = _define(
     "Request body must be JSON",
     "The body was sent with a Content-Type other than application/json.",
 )
+HOST_NOT_ALLOWED = _define(
+    "ERR_REQUEST_005",
+    400,
+    _C.INVALID_ARGUMENT,
+    "Host not allowed",
+    "The Host header names no host this deployment serves (ALLOWED_HOSTS).",
+)
+URL_TOO_LONG = _define(
+    "ERR_REQUEST_006", 414, _C.INVALID_ARGUMENT, "URL too long", "Path and query string exceed MAX_URL_BYTES."
+)
+HEADERS_TOO_LARGE = _define(
+    "ERR_REQUEST_007",
+    431,
+    _C.INVALID_ARGUMENT,
+    "Request headers too large",
+    "More than MAX_HEADERS headers, or more than MAX_HEADER_BYTES of them.",
+)
+
+RATE_LIMITED = _define(
+    "ERR_RATE_001",
+    429,
+    _C.RESOURCE_EXHAUSTED,
+    "Too many requests",
+    "A rate limit was reached; retry after the `Retry-After` header's seconds (also `details.retry_after_s`).",
+)
+LOGIN_LOCKED = _define(
+    "ERR_RATE_002",
+    429,
+    _C.RESOURCE_EXHAUSTED,
+    "Too many failed logins; try again later",
+    "Too many failed logins for this username, whether it exists or not; the lock lifts after `Retry-After` "
+    "seconds and grows with repeated failures.",
+)
 
 INVALID_CREDENTIALS = _define(
     "ERR_AUTH_001",

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from libs.common import errors
+from libs.common import deadlines, errors
 from libs.common.config import GrpcServiceSettings
 from libs.common.errors import AppError
 
@@ -59,6 +59,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=metadata_value(context, REQUEST_ID_KEY), rpc=method)
+            deadlines.bind_incoming(context)
             started = time.perf_counter()
             try:
                 reply = await behaviour(request, context)

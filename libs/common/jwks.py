@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from libs.common.deadlines import outgoing_timeout
 from libs.common.tokens import JwksFetcher
 from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -16,7 +17,8 @@ def grpc_jwks_fetcher(channel: grpc.aio.Channel, *, deadline_s: float) -> JwksFe
     stub = auth_pb2_grpc.AuthServiceStub(channel)
 
     async def fetch() -> list[Mapping[str, Any]]:
-        response = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=deadline_s)
+        # Inside a service this runs while serving an RPC: it gets no more than that RPC's remaining time.
+        response = await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=outgoing_timeout(deadline_s))
         return [MessageToDict(key, preserving_proto_field_name=True) for key in response.keys]
 
     return fetch

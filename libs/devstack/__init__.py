@@ -1,8 +1,9 @@
-"""Local stack launcher: embedded PostgreSQL and NATS, a process supervisor and the RepoLens service stack."""
+"""Local stack launcher: embedded PostgreSQL, NATS and Valkey, a process supervisor and the RepoLens service stack."""
 
 from libs.devstack.servers import (
     EmbeddedNats,
     EmbeddedPostgres,
+    EmbeddedValkey,
     ServerStartError,
     create_database,
     database_url_for,
@@ -18,6 +19,7 @@ __all__ = [
     "ChildExit",
     "EmbeddedNats",
     "EmbeddedPostgres",
+    "EmbeddedValkey",
     "ServerStartError",
     "Stack",
     "StackError",

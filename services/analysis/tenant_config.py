@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from libs.common.deadlines import outgoing_timeout
 from libs.common.grpc_client import error_from_rpc
 from libs.common.identity import SERVICE_TOKEN_KEY
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
@@ -35,7 +36,8 @@ class TenantConfigClient:
             reply = await self._stub.GetTenantSecrets(
                 tenants_pb2.GetTenantSecretsRequest(tenant_id=str(tenant_id)),
                 metadata=self._metadata,
-                timeout=self._deadline_s,
+                # What is left of our caller's deadline (none for a worker's job), at most our own.
+                timeout=outgoing_timeout(self._deadline_s),
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None

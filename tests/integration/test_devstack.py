@@ -392,7 +392,7 @@ def test_launcher_refuses_a_busy_http_port(tmp_path: Path) -> None:
 
 def test_launcher_runs_everything_and_leaves_nothing_behind_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL", "REDIS_URL")}
     env["HTTP_PORT"] = str(port)
     data_dir = tmp_path / "data"
     proc = _launcher(env, "--data-dir", str(data_dir))
@@ -410,6 +410,9 @@ def test_launcher_runs_everything_and_leaves_nothing_behind_on_sigterm(tmp_path:
         assert any(line.startswith("gateway  | ") for line in lines)
         postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
         assert _alive(postmaster)
+        valkey_line = next(line for line in lines if "started Valkey" in line)
+        valkey_port = int(valkey_line.rsplit("on port ", 1)[1])
+        assert not port_is_free(valkey_port)  # the embedded Valkey serves the rate-limit counters
     finally:
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
@@ -418,6 +421,7 @@ def test_launcher_runs_everything_and_leaves_nothing_behind_on_sigterm(tmp_path:
     assert _wait_until(lambda: not _alive(postmaster), timeout=10)
     assert (data_dir / "postgres" / "PG_VERSION").exists()  # data stays for the next `make run`
     assert (data_dir / "nats").is_dir()
+    assert _wait_until(lambda: port_is_free(valkey_port), timeout=10)
 
 
 def _children(pid: int) -> list[int]:
@@ -430,10 +434,16 @@ def _cmdline(pid: int) -> str:
 
 
 def test_launcher_on_given_urls_stops_everything_when_a_service_crashes(
-    database_url: str, own_nats: EmbeddedNats, tmp_path: Path
+    database_url: str, own_nats: EmbeddedNats, redis_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": own_nats.url, "HTTP_PORT": str(port)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "NATS_URL": own_nats.url,
+        "REDIS_URL": redis_url,
+        "HTTP_PORT": str(port),
+    }
     proc = _launcher(env, "--data-dir", str(tmp_path / "data"))
     try:
         assert proc.stdout is not None
@@ -445,6 +455,7 @@ def test_launcher_on_given_urls_stops_everything_when_a_service_crashes(
         banner = "".join(lines)
         assert f"RepoLens is up: http://127.0.0.1:{port}" in banner
         assert "external servers (DATABASE_URL, NATS_URL)" in banner
+        assert f"Redis        {redis_url}" in banner
         services = {_cmdline(child): child for child in _children(proc.pid)}
         auth = next(pid for cmd, pid in services.items() if "services.auth serve" in cmd)
         assert len(services) == 5  # auth, tenants, analysis, worker, gateway

@@ -17,6 +17,7 @@ import pytest
 
 from libs.devstack.servers import EmbeddedNats, create_database, drop_database
 from libs.devstack.stack import Stack
+from tests.conftest import RELAXED_RATE_LIMITS
 from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import Person, eventually, expect, ready_for_analysis, register
 from tests.llm_standin import OVERLOADED, REVIEW_TEXT, SERVER_ERROR, SLOW, Behaviour, LlmStandIn
@@ -52,6 +53,7 @@ def llm_stack(postgres_server_url: str, standin: LlmStandIn, root: Path) -> Iter
         nats.url,
         environment="test",
         extra_env={
+            **RELAXED_RATE_LIMITS,
             "ANTHROPIC_BASE_URL": standin.anthropic_url,
             "OPENAI_BASE_URL": standin.openai_url,
             "LLM_TIMEOUT_S": "20",

@@ -9,11 +9,13 @@ import uvicorn
 from gateway.app import create_app
 from libs.common.config import GatewaySettings
 from libs.common.logging import configure_logging
+from libs.common.metrics import start_exporter
 
 
 def main() -> int:
     settings = GatewaySettings()
     configure_logging(settings, service="gateway")
+    start_exporter(settings, process="gateway")  # its own port: /metrics is never on the public one
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from gateway.deps import Backends
 from gateway.edge import EdgeLimitsMiddleware, SecuredFastAPI, install_cors_and_proxies, install_docs
 from gateway.errors import install_error_handlers
+from gateway.metrics import HttpMetricsMiddleware
 from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from gateway.ratelimit import install_rate_limits
 from gateway.routes import analysis, auth, health, tenants
@@ -147,4 +148,5 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     install_cors_and_proxies(app, settings)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost of all: times and counts every answer
     return app

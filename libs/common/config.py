@@ -74,6 +74,13 @@ class CommonSettings(BaseSettings):
 
     grpc_deadline_s: float = Field(default=5.0, gt=0, description="Deadline of every outgoing gRPC call")
 
+    # Prometheus: each process serves /metrics on a port of its own, never on the public API's port.
+    metrics_host: str = Field(default="127.0.0.1", description="Address the /metrics server binds")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics (0: no metrics server)")
+    metrics_sample_interval_s: float = Field(
+        default=5.0, gt=0, description="How often outbox backlog and consumer lag are read for /metrics"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

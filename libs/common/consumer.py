@@ -15,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from libs.common import metrics
 from libs.common.events import DEAD_LETTER_SUBJECT_PREFIX, EVENTS_STREAM
 from libs.common.logging import error_text
 from repolens.events.v1 import events_pb2
@@ -69,6 +70,7 @@ class EventConsumer:
         self._batch_size = batch_size
         self._fetch_timeout_s = fetch_timeout_s
         self._stopped = asyncio.Event()
+        metrics.consumer_registered(durable)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -112,12 +114,14 @@ class EventConsumer:
 
     async def handle(self, message: Msg) -> None:
         """Applies one message and settles it (ack, nak with delay, or dead-letter)."""
+        metrics.delivery_received(self._durable, message)
         try:
             envelope = events_pb2.EventEnvelope.FromString(message.data)
             handler = self._handlers.get(envelope.type)
             if handler is not None:
                 await self._apply(envelope, handler)
             await message.ack()
+            metrics.delivery_settled(self._durable, "acked")
         except Exception as exc:
             attempts = message.metadata.num_delivered or 1
             structlog.get_logger(__name__).warning(
@@ -129,8 +133,10 @@ class EventConsumer:
             )
             if attempts >= self._max_deliver:
                 await self._dead_letter(message, exc)
+                metrics.delivery_settled(self._durable, "dead_lettered")
             else:
                 await message.nak(delay=min(0.5 * 2**attempts, 30.0))
+                metrics.delivery_settled(self._durable, "retried")
 
     async def _apply(self, envelope: events_pb2.EventEnvelope, handler: Handler) -> None:
         structlog.contextvars.bind_contextvars(event_id=envelope.id, request_id=envelope.request_id or None)

@@ -8,14 +8,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs.common.config import CommonSettings
+from libs.common.metrics import MeteredPool, track_pool
 
 log = structlog.get_logger(__name__)
 
 
 def create_engine(settings: CommonSettings, *, application_name: str) -> AsyncEngine:
     """The process's engine. Statement timeout and application name are set on every connection."""
-    return create_async_engine(
+    engine = create_async_engine(
         settings.sqlalchemy_url,
+        poolclass=MeteredPool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
@@ -27,6 +29,8 @@ def create_engine(settings: CommonSettings, *, application_name: str) -> AsyncEn
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
         },
     )
+    track_pool(engine, application_name)
+    return engine
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:

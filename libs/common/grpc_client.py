@@ -7,6 +7,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from libs.common import errors
 from libs.common.errors import AppError
+from libs.common.grpc_metrics import ClientMetricsInterceptor
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -29,6 +30,7 @@ def open_channel(target: str) -> grpc.aio.Channel:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ],
+        interceptors=[ClientMetricsInterceptor()],
     )
 
 

@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 from libs.common import deadlines, errors
 from libs.common.config import GrpcServiceSettings
 from libs.common.errors import AppError
+from libs.common.grpc_metrics import ServerMetricsInterceptor
 
 REQUEST_ID_KEY = "x-request-id"
 ERROR_DOMAIN = "repolens"
@@ -96,7 +97,7 @@ class GrpcServer:
         self._settings = settings
         self._service_names = [*service_names]
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor()],
+            interceptors=[ServerMetricsInterceptor(), ServerInterceptor()],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common.events import make_envelope, subject_for
 from libs.common.logging import error_text
+from libs.common.metrics import NATS_PUBLISHED, OUTBOX_RELAY_FAILURES
 from repolens.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -127,6 +128,7 @@ class OutboxRelay:
                         headers={"Nats-Msg-Id": str(row.id)},
                     )
                     sent.append(row.id)
+                    NATS_PUBLISHED.labels(subject=row.subject).inc()
             finally:
                 # Whatever was acknowledged is marked, even when a later publish failed.
                 if sent:
@@ -158,6 +160,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("outbox.relay_failed", error=error_text(exc))
+                OUTBOX_RELAY_FAILURES.labels(outbox=str(self._table.schema)).inc()
                 backoff = min(backoff * 2, 5.0)
                 await asyncio.sleep(backoff)
                 continue

@@ -15,11 +15,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.common import migrations
+from libs.common import metrics, migrations
 from libs.common.config import GrpcServiceSettings
 from libs.common.consumer import EventConsumer, Handler
 from libs.common.db import create_engine, database_is_up, wait_for_database
-from libs.common.events import connect_nats, ensure_streams
+from libs.common.events import EVENTS_STREAM, connect_nats, ensure_streams
 from libs.common.grpc_server import GrpcServer
 from libs.common.outbox import OutboxRelay
 
@@ -108,6 +108,11 @@ async def serve(
             ack_wait_s=settings.consumer_ack_wait_s,
         )
         tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
+    observed = metrics.ProcessMetrics(settings, process=spec.name)
+    observed.sampler.watch_outbox(engine, spec.outbox)
+    if consumer is not None:
+        observed.sampler.watch_consumer(js, stream=EVENTS_STREAM, durable=spec.name)
+    observed.start()
     log.info("service.started", port=port)
     await server.wait_for_stop()
 
@@ -119,6 +124,7 @@ async def serve(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await observed.stop()
     # close, not drain: the relay and the consumer have stopped, and unacked events are redelivered anyway.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), timeout=5)

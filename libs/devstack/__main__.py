@@ -177,6 +177,7 @@ def _banner(
         f"  Redis        {redis_url or 'none: the gateway counts rate limits in its own memory'}",
         f"  data         {'; '.join(where) if where else 'external servers (DATABASE_URL, NATS_URL)'}",
         f"  log          {data_dir / 'devstack.log'}",
+        "  metrics      " + ", ".join(f"{name} :{port}" for name, port in stack.metrics_ports.items()),
         "  Ctrl-C stops everything",
     ]
     for line in lines:

@@ -55,6 +55,8 @@ class Stack:
         self.environment = environment
         self.http_port = http_port if http_port is not None else free_port()
         self.grpc_ports = {name: free_port() for name in GRPC_SERVICES}
+        # Every process serves Prometheus metrics on a port of its own (METRICS_PORT).
+        self.metrics_ports = {name: free_port() for name in SERVICES}
         self.extra_env = dict(extra_env or {})
         self.cwd = Path(cwd) if cwd is not None else None
         self.python = python
@@ -72,6 +74,9 @@ class Stack:
 
     def grpc_target(self, name: str) -> str:
         return f"{LOCALHOST}:{self.grpc_ports[name]}"
+
+    def metrics_url(self, name: str) -> str:
+        return f"http://{LOCALHOST}:{self.metrics_ports[name]}/metrics"
 
     def env(self, name: str) -> dict[str, str]:
         """The whole environment `name` runs with."""
@@ -92,6 +97,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env["METRICS_HOST"] = LOCALHOST
+        env["METRICS_PORT"] = str(self.metrics_ports[name])
         if name in self.grpc_ports:
             env["GRPC_PORT"] = str(self.grpc_ports[name])
         else:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.common import migrations
+from libs.common import metrics, migrations
 from libs.common.config import AnalysisSettings
 from libs.common.db import create_engine, wait_for_database
 from libs.common.events import connect_nats, ensure_streams
@@ -26,7 +26,7 @@ from libs.common.service import Runtime, ServiceSpec, run_async, serve
 from libs.common.tokens import TokenVerifier
 from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from services.analysis import consumers, repository, tenant_migrations
-from services.analysis.domain import SERVICE_SCHEMA
+from services.analysis.domain import JOBS_STREAM, SERVICE_SCHEMA
 from services.analysis.jobs import ensure_jobs_stream
 from services.analysis.servicer import AnalysisServicer
 from services.analysis.tenant_config import TenantConfigClient
@@ -115,7 +115,7 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
 async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
     """A worker process: no gRPC server, just jobs. SIGTERM stops taking jobs and lets running ones end."""
     from services.analysis.engine.llm_review import ReviewSettings  # the engine is imported by workers only
-    from services.analysis.worker import Worker
+    from services.analysis.worker import DURABLE, Worker
 
     stop = stop or asyncio.Event()
     if stop is not None and not stop.is_set():
@@ -154,9 +154,14 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         review=ReviewSettings.from_settings(settings),
     )
     relaying = asyncio.create_task(relay.run())
+    observed = metrics.ProcessMetrics(settings, process="analysis-worker")
+    observed.sampler.watch_outbox(engine, repository.outbox)
+    observed.sampler.watch_consumer(js, stream=JOBS_STREAM, durable=DURABLE, queue_depth=metrics.ANALYSIS_QUEUE_DEPTH)
+    observed.start()
     try:
         await worker.run(stop)
     finally:
+        await observed.stop()
         relay.stop()
         relaying.cancel()
         await asyncio.gather(relaying, return_exceptions=True)

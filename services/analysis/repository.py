@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.common import metrics
 from libs.common.consumer import inbox_table
 from libs.common.migrations import checked_schema
 from libs.common.outbox import outbox_table
@@ -299,7 +300,10 @@ async def finish(
         )
         .returning(analyses.c.id)
     )
-    return result.first() is not None
+    ended = result.first() is not None
+    if ended:  # the one place every path (worker, cancel of a queued analysis) ends an analysis, exactly once
+        metrics.analysis_ended(status, timings)
+    return ended
 
 
 async def request_cancel(conn: AsyncConnection, analysis_id: uuid.UUID) -> None:

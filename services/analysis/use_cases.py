@@ -16,7 +16,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.common import errors
+from libs.common import errors, metrics
 from libs.common.errors import AppError
 from libs.common.events import make_envelope, new_id, propagated, unpack
 from libs.common.migrations import alembic_config
@@ -239,6 +239,7 @@ async def start_analysis(*, analyses: Analyses, claims: AccessClaims, repository
         )
         await add_event(conn, repo.outbox, subject=JOBS_SUBJECT, envelope=job)
     analyses.events_written()
+    metrics.ANALYSES.labels(state="queued").inc()
     log.info("analysis.queued", analysis_id=str(analysis.id))
     return analysis
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.common import errors
+from libs.common import errors, metrics
 from libs.common.db import autocommit
 from libs.common.errors import AppError
 from libs.common.events import new_id, propagated, timestamp, unpack
@@ -179,8 +179,10 @@ async def login(*, auth: Auth, username: str, password: str) -> Tokens:
         user = await repo.user_by_username(conn, username.strip())
     # The same argon2 work whether or not the user exists: no timing oracle for usernames.
     if not await auth.passwords.verify(user.password_hash if user else None, password) or user is None:
+        metrics.LOGINS.labels(result="failure").inc()
         raise AppError(errors.INVALID_CREDENTIALS)
     if not user.is_active:
+        metrics.LOGINS.labels(result="failure").inc()
         raise AppError(errors.USER_INACTIVE)
     new_hash = await auth.passwords.hash(password) if auth.passwords.needs_rehash(user.password_hash) else None
     async with auth.engine.begin() as conn:
@@ -189,6 +191,7 @@ async def login(*, auth: Auth, username: str, password: str) -> Tokens:
             await repo.set_password_hash(conn, user_id=user.id, password_hash=new_hash)
         session_id, refresh_token = await _open_session(conn, auth=auth, user_id=user.id, membership=membership)
     log.info("user.logged_in", user_id=str(user.id), tenant_id=str(membership.tenant_id))
+    metrics.LOGINS.labels(result="success").inc()
     return Tokens(
         access_token=_sign(auth, user_id=user.id, membership=membership, session_id=session_id),
         refresh_token=refresh_token,

@@ -27,7 +27,7 @@ from libs.devstack.servers import (
     free_port,
     port_is_free,
 )
-from libs.devstack.stack import Stack, StackError
+from libs.devstack.stack import SERVICES, Stack, StackError
 from libs.devstack.supervisor import ChildExit, Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -323,6 +323,9 @@ def test_stack_environment_names_ports_targets_and_extra_env() -> None:
     assert gateway["AUTH_GRPC_TARGET"] == f"127.0.0.1:{stack.grpc_ports['auth']}"
     assert gateway["TENANTS_GRPC_TARGET"] == f"127.0.0.1:{stack.grpc_ports['tenants']}"
     assert gateway["HTTP_PORT"] == "1234"
+    # Each process its own metrics port, none of them the public one.
+    assert len({stack.env(name)["METRICS_PORT"] for name in SERVICES} - {"1234"}) == len(SERVICES)
+    assert stack.metrics_url("gateway") == f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics"
     assert stack.gateway_url == "http://127.0.0.1:1234"
     assert auth["DATABASE_URL"] == "postgresql://db"
     assert auth["NATS_URL"] == "nats://n"

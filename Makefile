@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc config-doc
+.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc config-doc docker-build k8s
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -56,6 +56,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/buf lint protos
+	$(VENV)/bin/bandit -q -r libs services gateway deploy -c bandit.yaml
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .
@@ -78,6 +79,20 @@ config-doc: install
 
 bench: install
 	$(PY) bench/auth_me.py
+
+IMAGE ?= repolens
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+OVERLAY ?= prod
+
+## docker-build: the container image (Dockerfile), tagged $(IMAGE):$(VERSION); needs Docker, not the venv
+docker-build:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) -t $(IMAGE):$(VERSION) .
+
+## k8s: print one kustomize overlay's manifests (OVERLAY=dev, prod, prod-blue-green, prod/migrate, dev/migrate)
+k8s: install
+	@$(VENV)/bin/kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) gen .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

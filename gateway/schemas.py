@@ -21,7 +21,7 @@ class RegisterBody(Request):
                 {
                     "username": "testuser",
                     "email": "test@example.com",
-                    "password": "testpass123",
+                    "password": "testpass123",  # nosec B105 # an example in the API docs
                     "full_name": "Test User",
                 }
             ]
@@ -34,13 +34,13 @@ class RegisterBody(Request):
 
 
 class LoginBody(Request):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "testuser", "password": "testpass123"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "testuser", "password": "testpass123"}]})  # nosec B105 # docs example
     username: Annotated[str, Field(min_length=1, max_length=254)]
     password: Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class RefreshBody(Request):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"refresh_token": "rt_Jx2...Q"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"refresh_token": "rt_Jx2...Q"}]})  # nosec B105 # docs example
     refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -77,9 +77,9 @@ class TokensOut(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "access_token": "eyJhbGciOiJFZERTQSIsImtpZCI6Ims...",
-                    "refresh_token": "rt_Jx2...Q",
-                    "token_type": "bearer",
+                    "access_token": "eyJhbGciOiJFZERTQSIsImtpZCI6Ims...",  # nosec B105 # a truncated docs example
+                    "refresh_token": "rt_Jx2...Q",  # nosec B105 # a truncated docs example
+                    "token_type": "bearer",  # nosec B105 # the OAuth token type, not a secret
                     "expires_in": 900,
                     "tenant_id": "01937a2e-7c41-7b51-9d8e-3f1c2b4a5d6f",
                 }

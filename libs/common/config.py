@@ -218,7 +218,7 @@ class AuthSettings(GrpcServiceSettings):
         return problems
 
 
-DEVELOPMENT_SERVICE_TOKEN = "development-analysis-service-token"  # noqa: S105 - refused in production
+DEVELOPMENT_SERVICE_TOKEN = "development-analysis-service-token"  # noqa: S105 # nosec B105 # refused in production
 
 
 class TenantsSettings(GrpcServiceSettings):

@@ -30,7 +30,7 @@ class CallerIdentity:
         return claims
 
 
-SERVICE_TOKEN_KEY = "x-service-token"  # noqa: S105 - a metadata key, not a secret
+SERVICE_TOKEN_KEY = "x-service-token"  # noqa: S105 # nosec B105 # a metadata key, not a secret
 
 
 class ServiceIdentity:

@@ -32,7 +32,7 @@ def _migrate_tenant(engine: sa.Engine, tenant_id: uuid.UUID, revision: str) -> N
     schema = tenant_schema(tenant_id)
     with engine.connect() as conn, conn.begin():
         upgrade_tenant_schema(conn, schema, revision)
-        current = conn.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()  # noqa: S608
+        current = conn.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()  # noqa: S608 # nosec B608 # schema name checked against ^t_[0-9a-f]{32}$
         conn.execute(
             sa.text(
                 "INSERT INTO analysis.tenant_schemas (tenant_id, schema_name, revision) VALUES (:t, :s, :r)"
@@ -48,7 +48,7 @@ def _downgrade_tenant(engine: sa.Engine, tenant_id: uuid.UUID) -> None:
         config = migrations.alembic_config(script_location=TENANT_MIGRATIONS, schema=schema, sqlalchemy_url="")
         config.attributes["connection"] = conn
         command.downgrade(config, "-1")
-        current = conn.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()  # noqa: S608
+        current = conn.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()  # noqa: S608 # nosec B608 # schema name checked against ^t_[0-9a-f]{32}$
         conn.execute(
             sa.text("UPDATE analysis.tenant_schemas SET revision = :r, migrated_at = now() WHERE tenant_id = :t"),
             {"t": tenant_id, "r": current or "base"},

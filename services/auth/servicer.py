@@ -31,7 +31,7 @@ def _tokens(tokens: Tokens) -> auth_pb2.TokenPair:
     return auth_pb2.TokenPair(
         access_token=tokens.access_token,
         refresh_token=tokens.refresh_token,
-        token_type="bearer",  # noqa: S106 - the OAuth token type, not a secret
+        token_type="bearer",  # noqa: S106 # nosec B106 # the OAuth token type, not a secret
         expires_in=tokens.expires_in,
         tenant_id=str(tokens.tenant_id),
     )

@@ -18,7 +18,7 @@ from libs.common.tokens import ALGORITHM
 from services.auth.domain import SigningKey
 
 _NONCE_BYTES = 12
-REFRESH_TOKEN_PREFIX = "rt_"  # noqa: S105 - a prefix, not a secret
+REFRESH_TOKEN_PREFIX = "rt_"  # noqa: S105 # nosec B105 # a prefix, not a secret
 
 
 def _b64url(raw: bytes) -> str:

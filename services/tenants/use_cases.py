@@ -56,7 +56,7 @@ from services.tenants.domain import (
 
 log = structlog.get_logger(__name__)
 
-INVITATION_TOKEN_PREFIX = "inv_"  # noqa: S105 - a prefix, not a secret
+INVITATION_TOKEN_PREFIX = "inv_"  # noqa: S105 # nosec B105 # a prefix, not a secret
 SETTINGS_FIELDS = (*SECRET_FIELDS, "llm_provider", "llm_model", "quality_gate", "allowed_hosts")
 
 

@@ -57,7 +57,7 @@ import posixpath
 import re
 import stat
 import tomllib
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 # only parsed after DTDs and entities are refused (see ET.fromstring)
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -704,7 +704,7 @@ def _pom(rel: str, data: bytes) -> list[Dependency]:
         raise _MalformedError("refused: unsupported XML encoding")
     if _UNSAFE_XML.search(data):
         raise _MalformedError("refused: contains a DOCTYPE or ENTITY declaration")
-    project = ET.fromstring(data)  # noqa: S314 - DTDs are refused above, and ElementTree fetches no external entity
+    project = ET.fromstring(data)  # noqa: S314 # nosec B314 # DTDs refused above; ElementTree fetches no entity
     if _local(project.tag) != "project":
         raise _MalformedError("not a Maven POM (the root element is not <project>)")
     props: dict[str, str] = {}

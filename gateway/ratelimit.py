@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import error_response
-from libs.common import errors
+from libs.common import errors, metrics
 from libs.common.config import GatewaySettings
 from libs.common.errors import AppError, ErrorSpec
 from libs.common.logging import error_text
@@ -206,6 +206,7 @@ class RateLimits:
             await self.check(self.login_username, user)
         except RateLimitedError:
             if not await self._is_known(user, place):
+                metrics.LOGINS.labels(result="locked_out").inc()
                 raise
         try:
             yield

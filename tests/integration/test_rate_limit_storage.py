@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio
 
 from gateway.ratelimit import RateLimitedError, RateLimits
-from libs.common import errors
+from libs.common import errors, metrics
 from libs.common.config import GatewaySettings
 from libs.common.errors import AppError
 from libs.devstack.servers import free_port
@@ -70,10 +70,12 @@ async def test_the_sixth_failure_for_a_username_is_refused_from_anywhere(
         with pytest.raises(AppError) as failed:
             await _fail_login(limits, username="Victim", address=f"203.0.113.{attempt}")
         assert failed.value.spec is errors.INVALID_CREDENTIALS
+    locked_out = metrics.LOGINS.labels(result="locked_out")._value.get()
     with pytest.raises(RateLimitedError) as caught:
         await _login(limits, username=" victim ", address="203.0.113.99")  # the same name as auth sees it
     assert caught.value.spec is errors.LOGIN_LOCKED
     assert 1 <= caught.value.retry_after_s <= 60
+    assert metrics.LOGINS.labels(result="locked_out")._value.get() == locked_out + 1
 
 
 async def test_an_address_that_logged_the_user_in_before_is_not_locked_out(

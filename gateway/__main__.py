@@ -8,13 +8,17 @@ import uvicorn
 
 from gateway.app import create_app
 from libs.common.config import GatewaySettings
+from libs.common.error_reporting import configure_error_reporting
 from libs.common.logging import configure_logging
 from libs.common.metrics import start_exporter
+from libs.common.tracing import configure_tracing
 
 
 def main() -> int:
     settings = GatewaySettings()
     configure_logging(settings, service="gateway")
+    configure_tracing(settings, service="gateway")
+    configure_error_reporting(settings, service="gateway")
     start_exporter(settings, process="gateway")  # its own port: /metrics is never on the public one
     uvicorn.run(
         create_app(settings),

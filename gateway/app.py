@@ -18,6 +18,7 @@ from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
 from gateway.ratelimit import install_rate_limits
 from gateway.routes import analysis, auth, health, tenants
 from gateway.routes import settings as settings_routes
+from gateway.tracing import TracingMiddleware
 from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
@@ -147,6 +148,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         max_headers=settings.max_headers,
     )
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(TracingMiddleware)  # outside the request id's: its access log line has the trace id
     install_cors_and_proxies(app, settings)
     app.add_middleware(HttpMetricsMiddleware)  # outermost of all: times and counts every answer
     return app

@@ -10,6 +10,7 @@ import structlog
 from fastapi import Depends, Request
 
 from gateway.ratelimit import rate_limits
+from libs.common import tracing
 from libs.common.config import GatewaySettings
 from libs.common.grpc_client import error_from_rpc
 from libs.common.grpc_server import REQUEST_ID_KEY
@@ -47,7 +48,8 @@ class Backends:
         if token is not None:
             metadata.append(("authorization", f"Bearer {token}"))
         try:
-            return await method(message, timeout=self.settings.grpc_deadline_s, metadata=metadata)
+            with tracing.outgoing_rpc(method, metadata):
+                return await method(message, timeout=self.settings.grpc_deadline_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
 

@@ -74,6 +74,17 @@ class CommonSettings(BaseSettings):
 
     grpc_deadline_s: float = Field(default=5.0, gt=0, description="Deadline of every outgoing gRPC call")
 
+    # Tracing (libs/common/tracing.py), under OpenTelemetry's own names; error reporting (error_reporting.py).
+    otel_sdk_disabled: bool = Field(default=False, description="No tracing at all: no trace context, no trace ids")
+    otel_exporter_otlp_endpoint: str = Field(
+        default="", description="OTLP/HTTP collector base URL, spans are posted to its /v1/traces (empty: no export)"
+    )
+    otel_traces_sampler_arg: float = Field(
+        default=0.1, ge=0, le=1, description="Share of new traces recorded and exported (parent-based ratio)"
+    )
+    # Not a SecretStr: a DSN only lets one send events (Sentry puts it in browser code); it is scrubbed anyway.
+    sentry_dsn: str = Field(default="", description="Sentry DSN for unexpected errors; empty: no error reporting")
+
     # Prometheus: each process serves /metrics on a port of its own, never on the public API's port.
     metrics_host: str = Field(default="127.0.0.1", description="Address the /metrics server binds")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics (0: no metrics server)")

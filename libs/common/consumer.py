@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.common import metrics
+from libs.common import metrics, tracing
 from libs.common.events import DEAD_LETTER_SUBJECT_PREFIX, EVENTS_STREAM
 from libs.common.logging import error_text
 from repolens.events.v1 import events_pb2
@@ -115,14 +115,17 @@ class EventConsumer:
     async def handle(self, message: Msg) -> None:
         """Applies one message and settles it (ack, nak with delay, or dead-letter)."""
         metrics.delivery_received(self._durable, message)
+        traced = tracing.NOT_CONSUMING
         try:
             envelope = events_pb2.EventEnvelope.FromString(message.data)
+            traced = tracing.consume(envelope, consumer=self._durable)  # the trace of the request behind it
             handler = self._handlers.get(envelope.type)
             if handler is not None:
                 await self._apply(envelope, handler)
             await message.ack()
             metrics.delivery_settled(self._durable, "acked")
         except Exception as exc:
+            traced.failed(exc)
             attempts = message.metadata.num_delivered or 1
             structlog.get_logger(__name__).warning(
                 "consumer.handler_failed",
@@ -137,6 +140,8 @@ class EventConsumer:
             else:
                 await message.nak(delay=min(0.5 * 2**attempts, 30.0))
                 metrics.delivery_settled(self._durable, "retried")
+        finally:
+            traced.end()
 
     async def _apply(self, envelope: events_pb2.EventEnvelope, handler: Handler) -> None:
         structlog.contextvars.bind_contextvars(event_id=envelope.id, request_id=envelope.request_id or None)

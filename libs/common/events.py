@@ -19,6 +19,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from libs.common import tracing
 from libs.common.config import CommonSettings
 from repolens.events.v1 import events_pb2
 
@@ -93,6 +94,7 @@ def make_envelope(
         request_id=request_id,
     )
     envelope.payload.Pack(payload)
+    tracing.stamp(envelope)  # the trace of the request that caused it, for every consumer
     return envelope
 
 

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from libs.common import deadlines, errors
+from libs.common import deadlines, errors, tracing
 from libs.common.config import GrpcServiceSettings
 from libs.common.errors import AppError
 from libs.common.grpc_metrics import ServerMetricsInterceptor
@@ -78,7 +78,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 structlog.contextvars.clear_contextvars()
 
         return grpc.unary_unary_rpc_method_handler(
-            unary,
+            tracing.traced_rpc(method, unary),  # outermost: the logs above carry the trace id
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

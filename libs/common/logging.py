@@ -7,6 +7,7 @@ import sys
 
 import structlog
 
+from libs.common import error_reporting, tracing
 from libs.common.config import CommonSettings
 
 
@@ -22,6 +23,9 @@ def configure_logging(settings: CommonSettings, *, service: str) -> None:
         add_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        tracing.add_trace_ids,
+        # Before format_exc_info below turns the exception into text.
+        error_reporting.report_errors,
     ]
     renderer: structlog.types.Processor
     if settings.json_logs:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.common import metrics, migrations
 from libs.common.config import AnalysisSettings
 from libs.common.db import create_engine, wait_for_database
+from libs.common.error_reporting import configure_error_reporting
 from libs.common.events import connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
 from libs.common.identity import CallerIdentity
@@ -24,6 +25,7 @@ from libs.common.outbox import OutboxRelay
 from libs.common.revocation import RevocationFeed, RevocationList
 from libs.common.service import Runtime, ServiceSpec, run_async, serve
 from libs.common.tokens import TokenVerifier
+from libs.common.tracing import configure_tracing
 from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from services.analysis import consumers, repository, tenant_migrations
 from services.analysis.domain import JOBS_STREAM, SERVICE_SCHEMA
@@ -183,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--scope", choices=["tenant", "service"], default="tenant", help="down: which scope")
     args = parser.parse_args(argv)
     settings = AnalysisSettings()
-    configure_logging(settings, service="analysis-worker" if args.command == "worker" else "analysis")
+    service = "analysis-worker" if args.command == "worker" else "analysis"
+    configure_logging(settings, service=service)
+    configure_tracing(settings, service=service)
+    configure_error_reporting(settings, service=service)
     if args.command == "serve":
         run_async(serve_analysis(settings))
         return 0

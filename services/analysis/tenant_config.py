@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from libs.common import tracing
 from libs.common.deadlines import outgoing_timeout
 from libs.common.grpc_client import error_from_rpc
 from libs.common.identity import SERVICE_TOKEN_KEY
@@ -32,13 +33,15 @@ class TenantConfigClient:
         cached = self._cache.get(tenant_id)
         if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
             return cached[1]
+        metadata = [*self._metadata]
         try:
-            reply = await self._stub.GetTenantSecrets(
-                tenants_pb2.GetTenantSecretsRequest(tenant_id=str(tenant_id)),
-                metadata=self._metadata,
-                # What is left of our caller's deadline (none for a worker's job), at most our own.
-                timeout=outgoing_timeout(self._deadline_s),
-            )
+            with tracing.outgoing_rpc(self._stub.GetTenantSecrets, metadata):
+                reply = await self._stub.GetTenantSecrets(
+                    tenants_pb2.GetTenantSecretsRequest(tenant_id=str(tenant_id)),
+                    metadata=metadata,
+                    # What is left of our caller's deadline (none for a worker's job), at most our own.
+                    timeout=outgoing_timeout(self._deadline_s),
+                )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         gate = reply.quality_gate

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common import errors, metrics
+from libs.common import errors, metrics, tracing
 from libs.common.db import autocommit
 from libs.common.errors import AppError, ErrorSpec
 from libs.common.events import unpack
@@ -154,13 +154,16 @@ class Worker:
         metrics.delivery_received(DURABLE, message)
         heartbeat = asyncio.create_task(self._heartbeat(message))
         settle = Settle.LATER
+        traced = tracing.NOT_CONSUMING
         try:
             envelope = events_pb2.EventEnvelope.FromString(message.data)
+            traced = tracing.consume(envelope, consumer=DURABLE)  # the trace of the request that queued it
             structlog.contextvars.bind_contextvars(request_id=envelope.request_id or None)
             job = unpack(envelope, events_pb2.AnalysisRequested)
             structlog.contextvars.bind_contextvars(analysis_id=job.analysis_id, tenant_id=job.tenant_id)
             settle = await self._run(job)
-        except Exception:
+        except Exception as exc:
+            traced.failed(exc)
             log.exception("worker.job_crashed")
         finally:
             heartbeat.cancel()
@@ -176,6 +179,7 @@ class Worker:
             log.warning("worker.settle_failed", error=error_text(exc))
         finally:
             structlog.contextvars.clear_contextvars()
+            traced.end()
 
     async def _heartbeat(self, message: Msg) -> None:
         """Tells JetStream the job is alive, so a long analysis is not redelivered to another worker."""

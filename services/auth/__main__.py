@@ -9,6 +9,7 @@ from pathlib import Path
 
 from libs.common.config import AuthSettings, decode_master_key
 from libs.common.db import create_engine
+from libs.common.error_reporting import configure_error_reporting
 from libs.common.errors import AppError
 from libs.common.events import connect_nats
 from libs.common.identity import CallerIdentity
@@ -16,6 +17,7 @@ from libs.common.logging import configure_logging, get_logger
 from libs.common.outbox import OutboxRelay
 from libs.common.service import Runtime, ServiceSpec, add_common_commands, migrate, run_async, serve
 from libs.common.tokens import TokenVerifier
+from libs.common.tracing import configure_tracing
 from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth import consumers, repository, use_cases
 from services.auth.passwords import Passwords
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = AuthSettings()
     configure_logging(settings, service="auth")
+    configure_tracing(settings, service="auth")
+    configure_error_reporting(settings, service="auth")
     if args.command == "serve":
         run_async(serve_auth(settings))
         return 0

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.common.config import TenantsSettings, decode_master_key
 from libs.common.db import create_engine
+from libs.common.error_reporting import configure_error_reporting
 from libs.common.grpc_client import open_channel
 from libs.common.identity import CallerIdentity, ServiceIdentity
 from libs.common.jwks import grpc_jwks_fetcher
@@ -19,6 +20,7 @@ from libs.common.logging import configure_logging
 from libs.common.revocation import RevocationFeed, RevocationList
 from libs.common.service import Runtime, ServiceSpec, add_common_commands, migrate, run_async, serve
 from libs.common.tokens import TokenVerifier
+from libs.common.tracing import configure_tracing
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.tenants import consumers, repository, use_cases
 from services.tenants.servicer import TenantsInternalServicer, TenantsServicer
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = TenantsSettings()
     configure_logging(settings, service="tenants")
+    configure_tracing(settings, service="tenants")
+    configure_error_reporting(settings, service="tenants")
     if args.command == "serve":
         run_async(serve_tenants(settings))
     elif args.command == "migrate":

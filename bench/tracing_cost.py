@@ -82,6 +82,14 @@ def main() -> int:
             stdout=subprocess.PIPE,
             text=True,
         )
+        received: list[str] = []
+
+        def stop_collector() -> None:
+            """After the stacks (callbacks run last-in first-out), so the spans they flush on exit are counted."""
+            collector.terminate()
+            received.append((collector.communicate(timeout=10)[0] or "").strip())
+
+        running.callback(stop_collector)  # also when a stack fails to start
         stacks: dict[str, Stack] = {}
         for name, env in modes(f"http://127.0.0.1:{port}").items():
             nats = EmbeddedNats(Path(tmp) / f"nats-{name}")
@@ -111,9 +119,7 @@ def main() -> int:
                 result["cpu_us_per_req"] = round(cpu / max(result["requests"], 1) * 1e6, 1)
                 results[name].append(result)
                 print(json.dumps({"round": round_number + 1, "mode": name, **result}), flush=True)
-        running.close()  # stops the stacks, so the exporters flush what they still hold
-        collector.terminate()
-        received = (collector.communicate(timeout=10)[0] or "").strip()
+        running.close()  # stops the stacks (their exporters flush what they hold), then the collector
 
     def median(runs: list[dict[str, float]], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 1)
@@ -136,7 +142,7 @@ def main() -> int:
                 "path": "GET /api/v2/auth/me",
                 "connections": args.connections,
                 "default_sampling_ratio": default_ratio,
-                "collector": received,
+                "collector": received[0] if received else "",
                 "summary": summary,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }

@@ -57,6 +57,23 @@ class CommonSettings(BaseSettings):
     db_pool_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a free connection before failing")
     db_statement_timeout_ms: int = Field(default=5000, ge=100, description="PostgreSQL statement_timeout")
     db_connect_timeout_s: int = Field(default=5, ge=1, description="Connect timeout for one attempt")
+    # Database operations (docs/operations.md): connection life, abandoned transactions, slow statements.
+    db_pool_recycle_s: int = Field(
+        default=1800,
+        ge=0,
+        description="Reopen pooled connections older than this (0: never): none lingers long after a failover",
+    )
+    db_pool_pre_ping: bool = Field(
+        default=True, description="Test a pooled connection before use, so a restarted server costs no failed call"
+    )
+    db_idle_in_transaction_timeout_ms: int = Field(
+        default=60_000,
+        ge=0,
+        description="PostgreSQL idle_in_transaction_session_timeout: ends a session idle inside a transaction (0: off)",
+    )
+    db_slow_query_ms: int = Field(
+        default=200, ge=0, description="Statements slower than this are logged (db.slow_query) and counted (0: off)"
+    )
 
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma separated")
     nats_connect_timeout_s: float = Field(default=3.0, gt=0, description="Connect timeout for one attempt")

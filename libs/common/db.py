@@ -9,27 +9,32 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from libs.common.config import CommonSettings
 from libs.common.metrics import MeteredPool, track_pool
+from libs.common.slow_queries import watch_slow_queries
 
 log = structlog.get_logger(__name__)
 
 
 def create_engine(settings: CommonSettings, *, application_name: str) -> AsyncEngine:
-    """The process's engine. Statement timeout and application name are set on every connection."""
+    """The process's engine. Timeouts and application name are set on every connection; slow statements logged."""
     engine = create_async_engine(
         settings.sqlalchemy_url,
         poolclass=MeteredPool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=settings.db_pool_recycle_s or -1,
         connect_args={
             "connect_timeout": settings.db_connect_timeout_s,
             "application_name": application_name,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "options": (
+                f"-c statement_timeout={settings.db_statement_timeout_ms}"
+                f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
+            ),
         },
     )
     track_pool(engine, application_name)
+    watch_slow_queries(engine, application=application_name, threshold_ms=settings.db_slow_query_ms)
     return engine
 
 

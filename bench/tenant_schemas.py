@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.devstack.servers import EmbeddedPostgres, create_database, database_url_for, drop_database
 from services.analysis.domain import tenant_schema
+from services.analysis.use_cases import tenant_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,9 @@ def run(server_url: str, tenants: int, parallelism: int) -> dict[str, object]:
         down = _migrate(database_url, "down", parallelism=parallelism)
         up_again = _migrate(database_url, "up", parallelism=parallelism)
         with psycopg.connect(database_url) as conn:
-            row = conn.execute("SELECT count(*) FROM analysis.tenant_schemas WHERE revision = 't0001'").fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM analysis.tenant_schemas WHERE revision = %s", [tenant_head()]
+            ).fetchone()
         return {
             "tenants": tenants,
             "parallelism": parallelism,

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from services.analysis.domain import tenant_schema
+from services.analysis.use_cases import tenant_head
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,8 @@ def _run(database_url: str, *args: str) -> str:
 
 def _at_head(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM analysis.tenant_schemas WHERE revision = 't0001'").fetchone()
+        query = "SELECT count(*) FROM analysis.tenant_schemas WHERE revision = %s"
+        row = conn.execute(query, [tenant_head()]).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -77,7 +79,7 @@ def test_a_crash_half_way_is_resumed_and_listed(fresh_database: str) -> None:
         for tenant_id in tenants:
             schema = tenant_schema(tenant_id)
             versions = conn.execute(f'SELECT version_num FROM "{schema}".alembic_version').fetchall()  # noqa: S608
-            assert versions == [("t0001",)]
+            assert versions == [(tenant_head(),)]
             tables = conn.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = ANY(%s)",
                 [schema, ["repositories", "analyses"]],

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc config-doc docker-build k8s
+.PHONY: install protos run test test-unit test-integration test-e2e lint fmt typecheck clean bench errors-doc permissions-doc config-doc docker-build k8s backup restore
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -79,6 +79,15 @@ config-doc: install
 
 bench: install
 	$(PY) bench/auth_me.py
+
+## backup: pg_dump every service and tenant schema (DATABASE_URL, else make run's) into BACKUP_DIR (backups/<time>)
+backup: install
+	$(PY) -m libs.ops backup $(if $(BACKUP_DIR),--out $(BACKUP_DIR))
+
+## restore: pg_restore BACKUP_DIR into DATABASE_URL's database (REPLACE=1 swaps schemas that exist); stop the stack first
+restore: install
+	@test -n "$(BACKUP_DIR)" || { echo "usage: make restore BACKUP_DIR=backups/<time> [REPLACE=1]"; exit 2; }
+	$(PY) -m libs.ops restore --from $(BACKUP_DIR) $(if $(REPLACE),--replace)
 
 IMAGE ?= repolens
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -6,10 +6,13 @@ import re
 from pathlib import Path
 
 import sqlalchemy as sa
+import structlog
 from alembic import command, context, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = structlog.get_logger(__name__)
 
 _SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -70,8 +73,16 @@ def _migrate(connection: sa.Connection, schema: str) -> None:
 
 
 async def ensure_schema_current(engine: AsyncEngine, *, script_location: Path, schema: str) -> None:
-    """Raises SchemaBehindError unless the schema is at the code's head revision."""
-    heads = set(ScriptDirectory(str(script_location)).get_heads())
+    """Raises SchemaBehindError unless the schema is at the code's head revision, or ahead of it.
+
+    Ahead means at revisions this code does not know: a newer release has migrated, and this one is still
+    running or was rolled back to. Migrations stay backward compatible for one release (docs/DEPLOYMENT.md),
+    so this code can serve; a revision it knows other than its head means the schema is behind, and it
+    cannot.
+    """
+    scripts = ScriptDirectory(str(script_location))
+    heads = set(scripts.get_heads())
+    known = {revision.revision for revision in scripts.walk_revisions()}
     table = f'"{checked_schema(schema)}".alembic_version'
     try:
         async with engine.connect() as conn:
@@ -79,8 +90,12 @@ async def ensure_schema_current(engine: AsyncEngine, *, script_location: Path, s
             rows = (await conn.execute(query)).scalars().all()
     except sa.exc.ProgrammingError as exc:
         raise SchemaBehindError(f"schema {schema} has no migrations applied; run migrate") from exc
-    if set(rows) != heads:
-        raise SchemaBehindError(f"schema {schema} is at {sorted(rows)}, code expects {sorted(heads)}; run migrate")
+    if set(rows) == heads:
+        return
+    if rows and not known.intersection(rows):
+        log.warning("schema.ahead", schema=schema, revisions=sorted(rows), code_heads=sorted(heads))
+        return
+    raise SchemaBehindError(f"schema {schema} is at {sorted(rows)}, code expects {sorted(heads)}; run migrate")
 
 
 def create_event_tables(schema: str) -> None:

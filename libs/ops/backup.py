@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import re
-import subprocess
+import subprocess  # nosec B404 # pg_dump and pg_restore are run with argument lists, never a shell
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -146,7 +146,7 @@ def _sha256(path: Path) -> str:
 
 def _run(argv: list[str], target: Target, *, what: str) -> None:
     # umask 077: the archive is readable by its owner only, from the moment it exists.
-    result = subprocess.run(  # noqa: S603 - argv built here from a found tool, no shell
+    result = subprocess.run(  # noqa: S603 # nosec B603 # argv built here from a found tool, no shell
         argv, env=target.env, capture_output=True, text=True, umask=0o077, check=False
     )
     if result.returncode != 0:

@@ -12,7 +12,7 @@ import glob
 import importlib.util
 import os
 import re
-import subprocess
+import subprocess  # nosec B404 # only to ask found tools for their version
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def probe(path: Path) -> PgTool | None:
     if not (path.is_file() and os.access(path, os.X_OK)):
         return None
     try:
-        out = subprocess.run(  # noqa: S603 - a path we found, no shell
+        out = subprocess.run(  # noqa: S603 # nosec B603 # a path we found, no shell
             [str(path), "--version"], capture_output=True, text=True, timeout=10, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError):

@@ -12,9 +12,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate  # type: ignore[import-untyped]  # no stubs; pyproject.toml is not ours to edit
+import kubernetes_validate
 import pytest
-from kubernetes_validate.utils import SchemaNotFoundError  # type: ignore[import-untyped]
+from kubernetes_validate.utils import SchemaNotFoundError
 
 from gateway.routes import health
 from libs.common.config import CommonSettings, GatewaySettings, GrpcServiceSettings

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Self
@@ -268,28 +269,20 @@ def _nats_info(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-class EmbeddedNats:
-    """`nats-server` with JetStream on 127.0.0.1:`port`, storing in `store_dir`; restartable on the same port."""
+class _ServerProcess:
+    """One server binary run as a child in a session of its own (a Ctrl-C in the terminal must not reach it
+    before the services are stopped), on 127.0.0.1:`port`, restartable on the same port, logging to a file."""
 
-    def __init__(
-        self,
-        store_dir: str | Path,
-        port: int | None = None,
-        *,
-        host: str = LOCALHOST,
-        log_file: str | Path | None = None,
-    ) -> None:
-        self.store_dir = Path(store_dir).expanduser().absolute()
+    name = "server"
+
+    def __init__(self, directory: str | Path, port: int | None, *, host: str, log_file: Path) -> None:
+        self.directory = Path(directory).expanduser().absolute()
         self.host = host
         # Chosen once so that a restart comes back where clients expect it.
         self.port = port if port is not None else free_port(host)
-        self.log_file = Path(log_file) if log_file is not None else self.store_dir / "nats-server.log"
+        self.log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -299,51 +292,32 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it greets clients."""
-        if self.running:
-            return
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+    def _launch(self, argv: list[str], answers: Callable[[], bool], timeout: float) -> None:
+        """Start `argv` and wait until `answers()`; ServerStartError with the log's tail otherwise."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._stop_leftover(timeout)
-        argv = [
-            str(nats_server_binary()),
-            "-a",
-            self.host,
-            "-p",
-            str(self.port),
-            "-js",
-            "-sd",
-            str(self.store_dir),
-            "-P",
-            str(self.pid_file),
-        ]
         self._log = self.log_file.open("ab")
-        # Own session: a Ctrl-C in the terminal must not reach it before we have stopped the services.
         self._process = subprocess.Popen(  # noqa: S603 - argv is built here, not taken from input
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + timeout
-        while True:
+        while not answers():
             if self._process.poll() is not None:
                 code = self._process.returncode
-                self._close_log()
                 self._process = None
+                self._close_log()
                 raise ServerStartError(
-                    f"nats-server exited with code {code} on port {self.port}\n{_tail(self.log_file)}"
+                    f"{self.name} exited with code {code} on port {self.port}\n{_tail(self.log_file)}"
                 )
-            if _nats_info(self.host, self.port, timeout=0.5):
-                return
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerStartError(
-                    f"nats-server did not accept connections on port {self.port} within {timeout:.0f} s\n"
-                    f"{_tail(self.log_file)}"
+                    f"{self.name} did not answer on port {self.port} within {timeout:.0f} s\n{_tail(self.log_file)}"
                 )
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (SIGKILL after `timeout`) and wait; JetStream data stays in `store_dir`."""
+        """SIGTERM (SIGKILL after `timeout`) and wait."""
         process = self._process
         if process is None:
             return
@@ -356,6 +330,61 @@ class EmbeddedNats:
                 process.wait(timeout=timeout)
         self._process = None
         self._close_log()
+
+    def delete(self) -> None:
+        """Stop and remove the directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class EmbeddedNats(_ServerProcess):
+    """`nats-server` with JetStream on 127.0.0.1:`port`, storing in `store_dir`; restartable on the same port."""
+
+    name = "nats-server"
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        port: int | None = None,
+        *,
+        host: str = LOCALHOST,
+        log_file: str | Path | None = None,
+    ) -> None:
+        store = Path(store_dir).expanduser().absolute()
+        super().__init__(store, port, host=host, log_file=Path(log_file) if log_file else store / "nats-server.log")
+
+    @property
+    def store_dir(self) -> Path:
+        return self.directory
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it greets clients."""
+        if self.running:
+            return
+        self._stop_leftover(timeout)
+        argv = [str(nats_server_binary()), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        self._launch([*argv, "-P", str(self.pid_file)], lambda: _nats_info(self.host, self.port, 0.5), timeout)
 
     @property
     def pid_file(self) -> Path:
@@ -381,25 +410,6 @@ class EmbeddedNats:
     def restart(self, timeout: float = 10.0) -> None:
         self.stop(timeout)
         self.start(timeout)
-
-    def delete(self) -> None:
-        """Stop and remove the store directory."""
-        self.stop()
-        shutil.rmtree(self.store_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 # --------------------------------------------------------------------------- Redis (Valkey)
@@ -433,12 +443,14 @@ def _redis_ping(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-class EmbeddedValkey:
+class EmbeddedValkey(_ServerProcess):
     """`valkey-server` (a Redis) on 127.0.0.1:`port`, holding rate-limit counters in memory only.
 
     Nothing is saved (no RDB, no AOF): counters are meant to expire, and a restart forgetting them is harmless.
     Run like EmbeddedNats: its own session (Ctrl-C reaches the launcher first), restartable on the same port.
     """
+
+    name = "valkey-server"
 
     def __init__(
         self,
@@ -448,94 +460,21 @@ class EmbeddedValkey:
         host: str = LOCALHOST,
         log_file: str | Path | None = None,
     ) -> None:
-        self.work_dir = Path(work_dir).expanduser().absolute()
-        self.host = host
-        self.port = port if port is not None else free_port(host)
-        self.log_file = Path(log_file) if log_file is not None else self.work_dir / "valkey.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        work = Path(work_dir).expanduser().absolute()
+        super().__init__(work, port, host=host, log_file=Path(log_file) if log_file else work / "valkey.log")
+
+    @property
+    def work_dir(self) -> Path:
+        return self.directory
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         if self.running:
             return
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            str(valkey_server_binary()),
-            "--bind",
-            self.host,
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.work_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-            "--daemonize",
-            "no",
-        ]
-        self._log = self.log_file.open("ab")
-        self._process = subprocess.Popen(  # noqa: S603 - argv is built here, not taken from input
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while not _redis_ping(self.host, self.port, timeout=0.5):
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self._process = None
-                self._close_log()
-                raise ServerStartError(
-                    f"valkey-server exited with code {code} on port {self.port}\n{_tail(self.log_file)}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerStartError(
-                    f"valkey-server did not answer on port {self.port} within {timeout:.0f} s\n{_tail(self.log_file)}"
-                )
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (SIGKILL after `timeout`) and wait."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout)
-        self._process = None
-        self._close_log()
-
-    def delete(self) -> None:
-        """Stop and remove the work directory."""
-        self.stop()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        argv = [str(valkey_server_binary()), "--bind", self.host, "--port", str(self.port), "--dir", str(self.work_dir)]
+        argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"]
+        self._launch(argv, lambda: _redis_ping(self.host, self.port, timeout=0.5), timeout)

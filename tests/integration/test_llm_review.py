@@ -179,7 +179,7 @@ async def test_a_provider_slower_than_the_timeout_is_abandoned(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     key = new_key(provider)
-    api.behave(key, Behaviour(kind=SLOW, delay_s=5))
+    api.behave(key, Behaviour(kind=SLOW, delay_s=30))
     started = time.monotonic()
     with capture_logs() as logs:
         record = await llm_review(
@@ -188,7 +188,7 @@ async def test_a_provider_slower_than_the_timeout_is_abandoned(
     elapsed = time.monotonic() - started
     assert (record["state"], record["reason"]) == ("unavailable", "timeout")
     assert len(api.received(key)) == 2  # the first attempt and its one retry, each cut at 0.4 s
-    assert elapsed < 4, elapsed
+    assert elapsed < 15, elapsed  # waiting for either answer would take 30 s: the slack is for a loaded machine
     assert_key_nowhere(key, record, logs, caplog)
 
 

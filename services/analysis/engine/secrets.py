@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.analysis.engine.inventory import GENERATED_NAMES, Cancelled
+from services.analysis.engine.inventory import GENERATED_NAMES, Cancelled, read
 
 __all__ = [
     "CONFIG_PATHS",
@@ -363,7 +363,7 @@ def scan_secrets(
         if should_stop():
             raise Cancelled
         reason = _unsafe(root_real, rel)
-        data = reason or _read(os.path.join(root_real, rel), max_file_bytes)
+        data = reason or read(os.path.join(root_real, rel), max_file_bytes)
         found = scan_file(rel, data, skipped, max_file_bytes)
         if found is not None:
             scanned += 1
@@ -401,14 +401,6 @@ def _unsafe(root_real: str, rel: str) -> str:
     if os.path.commonpath([root_real, os.path.realpath(full)]) != root_real:
         return "outside_root"
     return ""
-
-
-def _read(full: str, max_bytes: int) -> bytes | str:
-    try:
-        with open(full, "rb") as fh:
-            return fh.read(max_bytes + 1)
-    except OSError:
-        return "unreadable"
 
 
 def _skip_reason(rel: str, data: bytes, max_bytes: int) -> str:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from services.analysis.engine.complexity import SUPPORTED_LANGUAGES
 from services.analysis.engine.inventory import Cancelled, FileStats, Inventory, LanguageStats, inventory
 from services.analysis.engine.languages import BY_EXTENSION, by_path_name, by_shebang
+from services.analysis.engine.pipeline import scan_files
 
 # (file name, content, language, code, comment, blank): every count planted and checked line by line in the
 # comments beside each sample.
@@ -589,3 +591,43 @@ def test_fifos_and_other_special_files_are_skipped(tmp_path: Path) -> None:
     inv = inventory(tmp_path)
     assert [f.path for f in inv.files] == ["a.py"]
     assert inv.skipped == {"not_regular": 1}
+
+
+# Edge cases for both counting paths: (file name, content, code, comment, blank).
+EDGES: list[tuple[str, bytes, int, int, int]] = [
+    ("crlf.py", b'\xef\xbb\xbf# comment\r\nx = 1\r\n\r\n"""doc\r\n"""\r\ny = 2', 2, 3, 1),
+    ("last.py", b"x = 1\n# a comment on the last line, no newline after it", 1, 1, 0),
+    ("blank_end.c", b"int x;\n/* a\n\n   b */\n   ", 1, 2, 2),
+    ("script.py", b"#!/usr/bin/env python3\n# comment\nx = 1\n", 2, 1, 0),
+    ("attr.rs", b"#![allow(dead_code)]\n// comment\nfn f() {}\n", 2, 1, 0),
+    ("empty_lines.go", b"\n\n\npackage a\n\n", 1, 0, 4),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "code", "comment", "blank"), EDGES, ids=[e[0] for e in EDGES])
+def test_edge_cases_counted_alike_by_both_paths(
+    tmp_path: Path, name: str, content: bytes, code: int, comment: int, blank: int
+) -> None:
+    _write(tmp_path, name, content)
+    (stats,) = inventory(tmp_path).files
+    assert (stats.code, stats.comment, stats.blank) == (code, comment, blank)
+    part = scan_files(str(tmp_path), [(name, by_path_name(name), len(content), True, False)])
+    assert part.measured.files_parsed == 1
+    assert part.counted == [stats]
+
+
+PARSED = [sample for sample in SAMPLES if sample[2] in SUPPORTED_LANGUAGES]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "language", "code", "comment", "blank"), PARSED, ids=[s[0] for s in PARSED]
+)
+def test_parsed_files_are_counted_from_their_syntax_tree(
+    tmp_path: Path, name: str, content: str, language: str, code: int, comment: int, blank: int
+) -> None:
+    """The engine counts the lines of the files it parses from the parser's comment nodes: the same answers."""
+    _write(tmp_path, name, content)
+    data = content.encode()
+    part = scan_files(str(tmp_path), [(name, by_path_name(name), len(data), True, False)])
+    assert part.measured.files_parsed == 1
+    assert part.counted == [FileStats(name, language, code, comment, blank, len(data))]

@@ -65,7 +65,7 @@ from typing import Any
 
 from tree_sitter import Language, Node, Parser, Query, QueryCursor
 
-from services.analysis.engine.inventory import Cancelled
+from services.analysis.engine.inventory import Cancelled, count_lines_around
 
 __all__ = [
     "SUPPORTED_LANGUAGES",
@@ -119,9 +119,12 @@ class _Spec:
     # Extra query patterns, capturing @d (decision), @b (decision and block), @e (an `else if`: decision only, even
     # when also captured as @b), @w (decision unless its first named child is the wildcard `_`).
     extra: str = ""
+    # What the line counts take for comments (@k): the grammar's comment nodes, Python's docstrings.
+    comments: str = "(comment) @k"
 
 
 _C_BOOL = '(binary_expression operator: ["&&" "||"] @d)'
+_LINE_AND_BLOCK = "(line_comment) @k (block_comment) @k"
 
 _JS = _Spec(
     functions=(
@@ -165,6 +168,8 @@ _SPECS: dict[str, _Spec] = {
         decisions=("elif_clause", "except_clause", "conditional_expression", "for_in_clause", "if_clause"),
         blocks=("match_statement", "try_statement"),
         extra="(boolean_operator) @d (case_clause) @w",
+        # A string standing alone as a statement is a docstring (cloc counts those as comments too).
+        comments="(comment) @k (expression_statement . [(string) (concatenated_string)] @k .)",
     ),
     "JavaScript": _JS,
     "TypeScript": _TS,
@@ -189,6 +194,7 @@ _SPECS: dict[str, _Spec] = {
         decisions=("catch_clause", "ternary_expression"),
         blocks=("switch_expression", "try_statement", "try_with_resources_statement"),
         extra=_C_BOOL + ' (switch_label "case" @d) (if_statement alternative: (if_statement) @e)',
+        comments=_LINE_AND_BLOCK,
     ),
     "C": _C,
     "C++": _Spec(
@@ -224,6 +230,7 @@ _SPECS: dict[str, _Spec] = {
         decisions=(),
         blocks=("loop_expression", "match_expression"),
         extra=_C_BOOL + " (match_arm) @w (else_clause (if_expression) @e)",
+        comments=_LINE_AND_BLOCK,
     ),
     "Ruby": _Spec(
         functions=("method", "singleton_method"),
@@ -322,6 +329,7 @@ def _query_source(spec: _Spec) -> str:
             alternation(spec.decisions, "d"),
             alternation(spec.blocks, "n"),
             spec.extra,
+            spec.comments,
         )
         if part
     )
@@ -459,13 +467,18 @@ def measure_file(path: str, data: bytes, language: str) -> list[FunctionMetrics]
     """The functions of one file. `language` is an inventory language name; others give an empty list. Never
     raises for bad input: tree-sitter recovers from syntax errors, and what it makes of them is measured."""
     grammar = _grammar_for(path, language)
-    if grammar is None:
-        return []
+    return _measure(path, data, grammar)[0] if grammar is not None else []
+
+
+def _measure(path: str, data: bytes, grammar: str) -> tuple[list[FunctionMetrics], tuple[int, int, int]]:
+    """The functions of one file and its code, comment and blank lines, from one parse."""
     parser, query = _tools(grammar)
     tree = parser.parse(data)
     captures = QueryCursor(query).captures(tree.root_node)
+    comments = captures.get("k", ())
+    lines = count_lines_around(data, sorted((n.start_byte, n.end_byte) for n in comments) if comments else ())
     if not captures.get("f"):
-        return []
+        return [], lines
 
     elseifs = {(n.start_byte, n.end_byte) for n in captures.get("e", ())}
     # (start, -end, rank, order, role, node): parents sort before their children, and functions (rank 0), then
@@ -534,7 +547,7 @@ def measure_file(path: str, data: bytes, language: str) -> list[FunctionMetrics]
                 max_nesting=depths[index],
             )
         )
-    return result
+    return result, lines
 
 
 def complexity(
@@ -570,17 +583,23 @@ def complexity(
 
 def measure_into(
     result: ComplexityResult, rel: str, data: bytes | str, language: str, max_file_bytes: int = 1_000_000
-) -> None:
+) -> tuple[int, int, int] | None:
     """Adds one file's functions to `result`, or counts why it is skipped. `data` is the file's bytes (read up to
-    `max_file_bytes` + 1, enough to tell it is too large) or, when it could not be read, the reason."""
+    `max_file_bytes` + 1, enough to tell it is too large) or, when it could not be read, the reason. Returns the
+    file's code, comment and blank lines when it was parsed (from the syntax tree's comments: the inventory
+    need not count them again), else None."""
     reason = data if isinstance(data, str) else None
-    if _grammar_for(rel, language) is None:
+    grammar = _grammar_for(rel, language)
+    if grammar is None:
         reason = "unsupported"
     elif isinstance(data, bytes) and len(data) > max_file_bytes:
         reason = "too_large"
-    if reason is not None:
+    if reason is not None or grammar is None:
+        reason = reason or "unsupported"
         result.skipped[reason] = result.skipped.get(reason, 0) + 1
-        return
+        return None
     assert isinstance(data, bytes)
-    result.functions.extend(measure_file(rel, data, language))
+    functions, lines = _measure(rel, data, grammar)
+    result.functions.extend(functions)
     result.files_parsed += 1
+    return lines

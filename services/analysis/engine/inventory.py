@@ -48,7 +48,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,12 @@ __all__ = [
     "MINIFIED_SUFFIXES",
     "VCS_NAMES",
     "Cancelled",
+    "Count",
     "FileStats",
     "Inventory",
     "LanguageStats",
     "count_lines",
+    "count_lines_around",
     "examine",
     "inventory",
     "read",
@@ -385,16 +387,24 @@ def read(path: str, max_file_bytes: int) -> bytes | str:
         return "unreadable"
 
 
-def examine(rel: str, data: bytes | str, lang: Language | None, size: int, max_file_bytes: int) -> FileStats | str:
-    """One walked file's line counts from its bytes (as `read` gives them), or the reason it is skipped."""
-    result = _classify(data, lang, max_file_bytes)
+Count = Callable[[bytes, Language], tuple[int, int, int]]
+
+
+def examine(
+    rel: str, data: bytes | str, lang: Language | None, size: int, max_file_bytes: int, count: Count | None = None
+) -> FileStats | str:
+    """One walked file's line counts from its bytes (as `read` gives them), or the reason it is skipped. `count`
+    counts the lines of a file that is not skipped (default: `count_lines`)."""
+    result = _classify(data, lang, max_file_bytes, count or count_lines)
     if isinstance(result, str):
         return result
     lang, code, comment, blank = result
     return FileStats(rel, lang.name, code, comment, blank, size)
 
 
-def _classify(data: bytes | str, lang: Language | None, max_bytes: int) -> str | tuple[Language, int, int, int]:
+def _classify(
+    data: bytes | str, lang: Language | None, max_bytes: int, count: Count
+) -> str | tuple[Language, int, int, int]:
     """A skip reason, or the file's language and its code, comment and blank line counts."""
     if isinstance(data, str):
         return data
@@ -422,7 +432,7 @@ def _classify(data: bytes | str, lang: Language | None, max_bytes: int) -> str |
         and len(data) > _MINIFIED_MEAN_LINE * (data.count(b"\n") + 1)
     ):
         return "minified"
-    code, comment, blank = count_lines(data, lang)
+    code, comment, blank = count(data, lang)
     return lang, code, comment, blank
 
 
@@ -432,6 +442,40 @@ def _classify(data: bytes | str, lang: Language | None, max_bytes: int) -> str |
 def count_lines(data: bytes, lang: Language) -> tuple[int, int, int]:
     """Code, comment and blank lines of one file's bytes in `lang`."""
     return _counter(lang).count(data)
+
+
+# A line holding nothing but white space; at the very end, also the empty "line" after a final newline.
+_BLANK_LINE = re.compile(rb"^[ \t\r\x0b\x0c]*$", re.MULTILINE)
+
+
+def _blank_lines(text: bytes, last_line_is_empty: bool) -> int:
+    """Blank lines of `text`; `last_line_is_empty`: its end is no line (it ends with a newline, or is empty)."""
+    return len(_BLANK_LINE.findall(text)) - last_line_is_empty
+
+
+def count_lines_around(data: bytes, comments: Iterable[tuple[int, int]]) -> tuple[int, int, int]:
+    """Code, comment and blank lines of a file whose comments a parser found: `comments` are their byte spans
+    (start, end), in order. The same rules as `count_lines`, without a second pass of our own over the text: a
+    line is a comment line when removing the comments leaves it blank, and was not blank before."""
+    if data.startswith(_UTF8_BOM):
+        data = b"   " + data[len(_UTF8_BOM) :]  # same offsets, and blank is still blank
+    no_last_line = not data or data.endswith(b"\n")
+    lines = data.count(b"\n") + (not no_last_line)
+    blank = _blank_lines(data, no_last_line)
+    pieces: list[bytes] = []
+    pos = 0
+    shebang = data.startswith(b"#!") and not data.startswith(b"#![")
+    for start, end in comments:
+        if start < pos or (shebang and start == 0):
+            continue  # a span inside one already removed; a shebang is code
+        pieces.append(data[pos:start])
+        pieces.append(b"\n" * data.count(b"\n", start, end))
+        pos = end
+    if not pieces:
+        return lines - blank, 0, blank
+    pieces.append(data[pos:])
+    comment = _blank_lines(b"".join(pieces), no_last_line) - blank
+    return lines - blank - comment, comment, blank
 
 
 _COUNTERS: dict[str, _Counter] = {}

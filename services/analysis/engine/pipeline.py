@@ -34,7 +34,9 @@ from services.analysis.engine.inventory import (
     EXCLUDED_DIRS,
     VCS_NAMES,
     Cancelled,
+    Count,
     FileStats,
+    count_lines,
     examine,
     read,
     summarise,
@@ -99,19 +101,30 @@ def scan_files(root: str, items: list[Item], should_stop: Callable[[], bool] = l
             raise Cancelled
         data = read(os.path.join(root, rel), MAX_FILE_BYTES)
         if counted:
-            stats = examine(rel, data, language, size, MAX_FILE_BYTES)
+            stats = examine(rel, data, language, size, MAX_FILE_BYTES, _counter(part.measured, rel))
             if isinstance(stats, str):
                 part.inventory_skipped[stats] = part.inventory_skipped.get(stats, 0) + 1
             else:
                 part.counted.append(stats)
-                if stats.language in SUPPORTED_LANGUAGES:
-                    measure_into(part.measured, rel, data, stats.language, STEP_MAX_FILE_BYTES)
         if secrets:
             found = scan_file(rel, data, part.secrets_skipped, STEP_MAX_FILE_BYTES)
             if found is not None:
                 part.secrets_scanned += 1
                 part.secrets += found
     return part
+
+
+def _counter(measured: ComplexityResult, rel: str) -> Count:
+    """Counts a file's lines for the inventory: a file in a language with a grammar is measured on the way, and
+    its lines are counted from that parse."""
+
+    def count(data: bytes, language: Language) -> tuple[int, int, int]:
+        if language.name not in SUPPORTED_LANGUAGES:
+            return count_lines(data, language)
+        lines = measure_into(measured, rel, data, language.name, STEP_MAX_FILE_BYTES)
+        return lines if lines is not None else count_lines(data, language)
+
+    return count
 
 
 def warm_up() -> None:

@@ -84,6 +84,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ahocorasick_rs import BytesAhoCorasick
+
 from services.analysis.engine.inventory import GENERATED_NAMES, Cancelled, read
 
 __all__ = [
@@ -383,7 +385,7 @@ def scan_file(
         skipped[reason] = skipped.get(reason, 0) + 1
         return None
     assert isinstance(data, bytes)
-    return _scan_text(rel, data.decode("utf-8", errors="replace"), skipped)
+    return _scan_text(rel, data, skipped)
 
 
 def _unsafe(root_real: str, rel: str) -> str:
@@ -413,7 +415,11 @@ def _skip_reason(rel: str, data: bytes, max_bytes: int) -> str:
     return ""
 
 
-def _scan_text(path: str, text: str, skipped: dict[str, int]) -> list[SecretFinding]:
+def _scan_text(path: str, data: bytes, skipped: dict[str, int]) -> list[SecretFinding]:
+    present = _keywords_in(data)
+    if not present:
+        return []
+    text = data.decode("utf-8", errors="replace")
     in_tests = is_test_path(path)
     lower: str | None = None
     taken: list[tuple[int, int]] = []  # spans of values already reported
@@ -422,14 +428,14 @@ def _scan_text(path: str, text: str, skipped: dict[str, int]) -> list[SecretFind
     for rule in RULES:
         if rule.paths is not None and not rule.paths.fullmatch(path):
             continue
+        if not any(k in present for k in rule.keywords):
+            continue
         if rule.lowered:
             if lower is None:
-                lower = _lower(text)
+                lower = data.lower().decode("ascii") if data.isascii() else _lower(text)
             haystack = lower
         else:
             haystack = text
-        if not any(k in haystack for k in rule.keywords):
-            continue
         if rule.id == _GENERIC and in_tests:
             n = sum(1 for _ in _matches(rule, text, haystack))
             if n:
@@ -497,6 +503,29 @@ def _lower(text: str) -> str:
 
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def _keyword_finder() -> tuple[BytesAhoCorasick, list[list[tuple[str, bytes | None]]]]:
+    """One automaton for every rule's keywords, lower-cased; per keyword, the rules' spellings of it (with the
+    exact bytes to look for when the rule is case-sensitive)."""
+    spellings: dict[bytes, set[tuple[str, bytes | None]]] = {}
+    for rule in RULES:
+        for keyword in rule.keywords:
+            exact = None if rule.lowered else keyword.encode()
+            spellings.setdefault(keyword.lower().encode(), set()).add((keyword, exact))
+    needles = sorted(spellings)
+    return BytesAhoCorasick(needles), [sorted(spellings[n], key=str) for n in needles]
+
+
+_FINDER, _SPELLINGS = _keyword_finder()
+
+
+def _keywords_in(data: bytes) -> set[str]:
+    """The rules' keywords that occur in `data`: one pass of an Aho-Corasick automaton over the lower-cased bytes
+    finds them all, where a search per keyword would read the text twenty times; a case-sensitive keyword found
+    in lower case is then looked for as spelled."""
+    found = {index for index, _, _ in _FINDER.find_matches_as_indexes(data.lower(), overlapping=True)}
+    return {keyword for index in found for keyword, exact in _SPELLINGS[index] if exact is None or exact in data}
 
 
 def _matches(rule: Rule, text: str, haystack: str) -> Iterator[re.Match[str]]:

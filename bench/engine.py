@@ -1,6 +1,6 @@
 """Our engine (inventory, complexity, secrets, dependencies; no clone) against cloc and lizard on one tree.
 
-    python bench/engine.py /tmp/django-sdist/django-5.2.8
+    python bench/engine.py /tmp/django-sdist/django-5.2.8 --rounds 5
 
 cloc and lizard are run when they are on PATH (`apt-get install cloc`, `pip install lizard`); the last
 line is exactly `ratio_lizard=<ours/lizard> ratio_cloc=<ours/cloc>` (`nan` for a tool that is missing).
@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -65,17 +66,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
     parser.add_argument("--processes", type=int, default=2, help="engine processes (0: one thread); default 2")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of the three, in turn; the ratios are of the medians; default 1"
+    )
     args = parser.parse_args()
-    # The tools first: the peak memory of waited-for children only grows, so ours (a child too) comes last.
-    cloc = tool(["cloc", "--quiet", "--json", str(args.path)])
-    lizard = tool(["lizard", "--working_threads", "1", str(args.path)])
-    elapsed, peak, steps = ours(args.path, args.processes)
-    print(f"{'tool':10} {'seconds':>8} {'peak MiB':>9}")
-    print(f"{'ours':10} {elapsed:8.2f} {peak:9.0f}   processes: {args.processes}, steps: {json.dumps(steps)}")
-    for name, measured in (("cloc", cloc), ("lizard", lizard)):
-        print(f"{name:10} " + (f"{measured[0]:8.2f} {measured[1]:9.0f}" if measured else "   (not installed)"))
-    ratio_lizard = f"{elapsed / lizard[0]:.3f}" if lizard else "nan"
-    ratio_cloc = f"{elapsed / cloc[0]:.3f}" if cloc else "nan"
+    times: dict[str, list[float]] = {"ours": [], "cloc": [], "lizard": []}
+    peaks: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    for round_ in range(1, args.rounds + 1):
+        # The tools first: the peak memory of waited-for children only grows, so ours (a child too) comes last.
+        measured = {
+            "cloc": tool(["cloc", "--quiet", "--json", str(args.path)]),
+            "lizard": tool(["lizard", "--working_threads", "1", str(args.path)]),
+        }
+        elapsed, peak, steps = ours(args.path, args.processes)
+        measured["ours"] = (elapsed, peak)
+        for name, result in measured.items():
+            if result is not None:
+                times[name].append(result[0])
+                # A tool's peak is read off this process's waited-for children, ours among them after round 1.
+                if name == "ours" or round_ == 1:
+                    peaks[name] = max(peaks.get(name, 0.0), result[1])
+        if args.rounds > 1:
+            print(f"round {round_}: " + "  ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items() if t), flush=True)
+    median = {name: statistics.median(t) for name, t in times.items() if t}
+    print(f"{'tool':10} {'seconds':>8} {'peak MiB':>9}   (median of {args.rounds})")
+    detail = f"processes: {args.processes}, steps: {json.dumps(steps)}"
+    print(f"{'ours':10} {median['ours']:8.2f} {peaks['ours']:9.0f}   {detail}")
+    for name in ("cloc", "lizard"):
+        print(f"{name:10} " + (f"{median[name]:8.2f} {peaks[name]:9.0f}" if name in median else "   (not installed)"))
+    ratio_lizard = f"{median['ours'] / median['lizard']:.3f}" if "lizard" in median else "nan"
+    ratio_cloc = f"{median['ours'] / median['cloc']:.3f}" if "cloc" in median else "nan"
     print(f"ratio_lizard={ratio_lizard} ratio_cloc={ratio_cloc}")
     return 0
 

@@ -58,7 +58,7 @@ def report_of(root: Path, files: dict[str, str], *, previous: dict[str, Any] | N
         "repository": {"id": "0195f0e2-0000-7000-8000-000000000001", "name": "demo", "url": "https://github.com/o/r"},
         "ref": "main",
         "commit_sha": "a" * 40,
-        "complexity": {"top": [asdict(f) for f in measured.functions]},
+        "complexity": {"top": [f._asdict() for f in measured.functions]},
         "secrets": scanned.to_dict(),
         "findings": findings,
         "quality_gate": {"status": "failed"},

@@ -306,10 +306,18 @@ Candidate = tuple[str, str, Language | None, int]  # relative path, absolute pat
 
 
 def walk(
-    root: str, *, should_stop: Callable[[], bool], skipped: dict[str, int], max_file_bytes: int
+    root: str,
+    *,
+    should_stop: Callable[[], bool],
+    skipped: dict[str, int],
+    max_file_bytes: int,
+    others: list[tuple[str, int]] | None = None,
 ) -> list[Candidate]:
-    """The files worth reading under `root`, in path order; what is left out is counted in `skipped`."""
+    """The files worth reading under `root`, in path order; what is left out is counted in `skipped`. The regular
+    files left out by their name or size (not worth counting, but other steps may want them: `.env`, `go.mod`,
+    lock files) are added to `others`, when given, as (relative path, size)."""
     max_bytes = max_file_bytes
+    keep = others.append if others is not None else None
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
@@ -357,23 +365,23 @@ def walk(
                 skip("unreadable")
                 continue
             lowered = name.lower()
+            lang = None
             if lowered.endswith(MINIFIED_SUFFIXES):
-                skip("minified")
+                reason = "minified"
+            elif name in GENERATED_NAMES or lowered.endswith(GENERATED_SUFFIXES) or lowered.startswith("zz_generated"):
+                reason = "generated"
+            elif (lang := by_path_name(name)) is None and "." in name.lstrip("."):
+                reason = "unknown_language"
+            elif size > max_bytes:
+                reason = "too_large"
+            elif size == 0:
+                reason = "empty"
+            else:
+                candidates.append((rel, entry.path, lang, size))
                 continue
-            if name in GENERATED_NAMES or lowered.endswith(GENERATED_SUFFIXES) or lowered.startswith("zz_generated"):
-                skip("generated")
-                continue
-            lang = by_path_name(name)
-            if lang is None and "." in name.lstrip("."):
-                skip("unknown_language")
-                continue
-            if size > max_bytes:
-                skip("too_large")
-                continue
-            if size == 0:
-                skip("empty")
-                continue
-            candidates.append((rel, entry.path, lang, size))
+            skip(reason)
+            if keep is not None:
+                keep((rel, size))
         stack.extend(reversed(subdirs))
     return candidates
 

@@ -31,8 +31,6 @@ from services.analysis.engine.findings import (
 )
 from services.analysis.engine.hotspots import hotspots
 from services.analysis.engine.inventory import (
-    EXCLUDED_DIRS,
-    VCS_NAMES,
     Cancelled,
     Count,
     FileStats,
@@ -152,30 +150,19 @@ def start_pool(processes: int, *, timeout_s: float = 60.0) -> ProcessPoolExecuto
     return pool
 
 
-def tracked_files(src: Path) -> list[str]:
-    """Every regular file of the tree outside version-control and dependency folders, as relative paths, never
-    through a symbolic link. Secrets and manifests hide in files the inventory does not count (`.env`, `go.mod`)."""
-    found = []
-    for directory, subdirectories, names in os.walk(src):
-        subdirectories[:] = [d for d in subdirectories if d not in EXCLUDED_DIRS and d not in VCS_NAMES]
-        base = Path(directory)
-        for name in names:
-            path = base / name
-            if not path.is_symlink() and path.is_file():
-                found.append(path.relative_to(src).as_posix())
-    return sorted(found)
-
-
 def plan(src: Path, should_stop: Callable[[], bool], inventory_skipped: dict[str, int]) -> tuple[list[Item], list[str]]:
-    """Every file to read, largest first, and the tracked files (for the dependencies step)."""
-    candidates = walk(os.fspath(src), should_stop=should_stop, skipped=inventory_skipped, max_file_bytes=MAX_FILE_BYTES)
-    paths = tracked_files(src)
-    tracked = set(paths)
-    items: list[Item] = [(rel, language, size, True, rel in tracked) for rel, _, language, size in candidates]
-    counted = {rel for rel, _, _, _ in candidates}
-    for rel in paths:
-        if rel not in counted:
-            items.append((rel, None, os.lstat(src / rel).st_size, False, True))
+    """Every file to read, largest first, and every regular file's path in order (for the dependencies step).
+
+    One walk gives both: the files the inventory counts, and the others it reaches, which secrets and manifests
+    may hide in (`.env`, `go.mod`); folders the inventory leaves out (dependencies, caches, build output, version
+    control) are left out for every step."""
+    others: list[tuple[str, int]] = []
+    candidates = walk(
+        os.fspath(src), should_stop=should_stop, skipped=inventory_skipped, max_file_bytes=MAX_FILE_BYTES, others=others
+    )
+    items: list[Item] = [(rel, language, size, True, True) for rel, _, language, size in candidates]
+    items += [(rel, None, size, False, True) for rel, size in others]
+    paths = sorted(item[0] for item in items)
     items.sort(key=lambda item: -item[2])
     return items, paths
 
@@ -260,7 +247,7 @@ def analyse(
         "skipped": dict(sorted(measured.skipped.items())),
         "average": round(sum(f.cyclomatic for f in ranked) / len(ranked), 2) if ranked else 0,
         # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.
-        "top": [asdict(f) for f in ranked[:TOP_FUNCTIONS]],
+        "top": [f._asdict() for f in ranked[:TOP_FUNCTIONS]],
     }
     outcome.sections["secrets"] = secrets.to_dict()
     # Here because hotspots need every function of a file, and only this step holds them all.

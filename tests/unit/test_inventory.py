@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.analysis.engine.complexity import SUPPORTED_LANGUAGES
-from services.analysis.engine.inventory import Cancelled, FileStats, Inventory, LanguageStats, inventory
+from services.analysis.engine.inventory import Cancelled, FileStats, Inventory, LanguageStats, inventory, read
 from services.analysis.engine.languages import BY_EXTENSION, by_path_name, by_shebang
 from services.analysis.engine.pipeline import scan_files
 
@@ -601,6 +601,8 @@ EDGES: list[tuple[str, bytes, int, int, int]] = [
     ("script.py", b"#!/usr/bin/env python3\n# comment\nx = 1\n", 2, 1, 0),
     ("attr.rs", b"#![allow(dead_code)]\n// comment\nfn f() {}\n", 2, 1, 0),
     ("empty_lines.go", b"\n\n\npackage a\n\n", 1, 0, 4),
+    ("only_comment.c", b"/* all there is, and no newline */", 0, 1, 0),
+    ("only_blank.js", b"  \n\t", 0, 0, 2),
 ]
 
 
@@ -631,3 +633,13 @@ def test_parsed_files_are_counted_from_their_syntax_tree(
     part = scan_files(str(tmp_path), [(name, by_path_name(name), len(data), True, False)])
     assert part.measured.files_parsed == 1
     assert part.counted == [FileStats(name, language, code, comment, blank, len(data))]
+
+
+@pytest.mark.parametrize("length", [0, 1, 4096, 70_000])
+def test_read_gives_the_bytes_whatever_the_size_seen_by_the_walk(tmp_path: Path, length: int) -> None:
+    path = _write(tmp_path, "f.bin", bytes(range(256)) * (length // 256) + b"x" * (length % 256))
+    expected = path.read_bytes()[:60_001]
+    # The size seen when walking may be stale: the file may have grown or shrunk since.
+    for seen in (None, 0, length, length // 2, length + 100):
+        assert read(str(path), 60_000, seen) == expected
+    assert read(str(tmp_path / "missing"), 10) == "unreadable"

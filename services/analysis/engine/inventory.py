@@ -180,6 +180,7 @@ _MINIFY_CHECKED = frozenset({"JavaScript", "CSS"})
 _MINIFIED_MIN_BYTES = 2048
 _MINIFIED_MEAN_LINE = 300
 _PROGRESS_INTERVAL_S = 0.2
+_READ_BLOCK = 1 << 20
 _STOP_CHECK_EVERY = 256  # directory entries between two `should_stop()` calls while walking
 
 
@@ -267,7 +268,7 @@ def inventory(
             if now - last_progress >= _PROGRESS_INTERVAL_S:
                 on_progress(done, total)
                 last_progress = now
-        result = examine(rel, read(path, max_file_bytes), lang, size, max_file_bytes)
+        result = examine(rel, read(path, max_file_bytes, size), lang, size, max_file_bytes)
         if isinstance(result, str):
             skipped[result] = skipped.get(result, 0) + 1
         else:
@@ -386,13 +387,26 @@ def walk(
     return candidates
 
 
-def read(path: str, max_file_bytes: int) -> bytes | str:
-    """A file's bytes (at most `max_file_bytes` + 1, enough to tell it is too large), or `"unreadable"`."""
+def read(path: str, max_file_bytes: int, size: int | None = None) -> bytes | str:
+    """A file's bytes (at most `max_file_bytes` + 1, enough to tell it is too large), or `"unreadable"`. `size`,
+    the size the walk saw, lets the first read ask for just enough (a file that has grown since is read on).
+    Unbuffered: twice as fast as `open().read()` on a tree of small files."""
+    want = max_file_bytes + 1
     try:
-        with open(path, "rb") as f:
-            return f.read(max_file_bytes + 1)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return "unreadable"
+    try:
+        parts = [os.read(fd, want if size is None else min(size + 1, want))]
+        got = len(parts[0])
+        while got < want and parts[-1]:
+            parts.append(os.read(fd, min(want - got, _READ_BLOCK)))
+            got += len(parts[-1])
+    except OSError:
+        return "unreadable"
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 or not parts[1] else b"".join(parts)
 
 
 Count = Callable[[bytes, Language], tuple[int, int, int]]
@@ -452,13 +466,18 @@ def count_lines(data: bytes, lang: Language) -> tuple[int, int, int]:
     return _counter(lang).count(data)
 
 
-# A line holding nothing but white space; at the very end, also the empty "line" after a final newline.
-_BLANK_LINE = re.compile(rb"^[ \t\r\x0b\x0c]*$", re.MULTILINE)
+# A newline and a line of nothing but white space after it (a search for a literal first byte is the fastest
+# the `re` module does); at the very end, also the empty "line" after a final newline.
+_BLANK_AFTER_NEWLINE = re.compile(rb"\n[ \t\r\x0b\x0c]*(?=\n|\Z)")
+_BLANK_FIRST_LINE = re.compile(rb"[ \t\r\x0b\x0c]*(?:\n|\Z)")
 
 
 def _blank_lines(text: bytes, last_line_is_empty: bool) -> int:
     """Blank lines of `text`; `last_line_is_empty`: its end is no line (it ends with a newline, or is empty)."""
-    return len(_BLANK_LINE.findall(text)) - last_line_is_empty
+    if not text:
+        return 0 if last_line_is_empty else 1  # all that was on the one line was removed
+    first = _BLANK_FIRST_LINE.match(text) is not None
+    return len(_BLANK_AFTER_NEWLINE.findall(text)) + first - last_line_is_empty
 
 
 def count_lines_around(data: bytes, comments: Iterable[tuple[int, int]]) -> tuple[int, int, int]:

@@ -97,7 +97,7 @@ def scan_files(root: str, items: list[Item], should_stop: Callable[[], bool] = l
     for rel, language, size, counted, secrets in items:
         if should_stop():
             raise Cancelled
-        data = read(os.path.join(root, rel), MAX_FILE_BYTES)
+        data = read(os.path.join(root, rel), MAX_FILE_BYTES, size)
         if counted:
             stats = examine(rel, data, language, size, MAX_FILE_BYTES, _counter(part.measured, rel))
             if isinstance(stats, str):

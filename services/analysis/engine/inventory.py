@@ -648,12 +648,11 @@ class _Counter:
     def count(self, data: bytes) -> tuple[int, int, int]:
         if data.startswith(_UTF8_BOM):
             data = data[len(_UTF8_BOM) :]
+        if self.plain or (self.opener is None and self.full_line is None and not self.line_blocks):
+            return count_lines_around(data, ())
         lines = data.split(b"\n")
         if lines[-1] == b"":
             lines.pop()
-        if self.plain or (self.opener is None and self.full_line is None and not self.line_blocks):
-            blank = sum(1 for line in lines if not line or line.isspace())
-            return len(lines) - blank, 0, blank
         plain_match = self.opener.match if self.opener is not None else None
         plain_search = self.candidates.search if self.candidates is not None else None
         interp_match = self.opener_in_interpolation.match if self.opener_in_interpolation is not None else None

@@ -416,10 +416,12 @@ def _skip_reason(rel: str, data: bytes, max_bytes: int) -> str:
 
 
 def _scan_text(path: str, data: bytes, skipped: dict[str, int]) -> list[SecretFinding]:
-    present = _keywords_in(data)
+    present = _keyword_hits(data)
     if not present:
         return []
     text = data.decode("utf-8", errors="replace")
+    # In ASCII text a byte offset is a character offset: the lines to try are where the keywords were found.
+    hits = present if data.isascii() else None
     in_tests = is_test_path(path)
     lower: str | None = None
     taken: list[tuple[int, int]] = []  # spans of values already reported
@@ -430,18 +432,18 @@ def _scan_text(path: str, data: bytes, skipped: dict[str, int]) -> list[SecretFi
             continue
         if not any(k in present for k in rule.keywords):
             continue
-        if rule.lowered:
-            if lower is None:
-                lower = data.lower().decode("ascii") if data.isascii() else _lower(text)
-            haystack = lower
-        else:
+        if not rule.lowered or hits is not None:
             haystack = text
+        else:
+            if lower is None:
+                lower = _lower(text)
+            haystack = lower
         if rule.id == _GENERIC and in_tests:
-            n = sum(1 for _ in _matches(rule, text, haystack))
+            n = sum(1 for _ in _matches(rule, text, haystack, hits))
             if n:
                 skipped["test_generic"] = skipped.get("test_generic", 0) + n
             continue
-        for match in _matches(rule, text, haystack):
+        for match in _matches(rule, text, haystack, hits):
             start, end = match.span("value")
             if rule.id == "private-key":
                 value = _private_key_body(text, match.end())
@@ -520,18 +522,26 @@ def _keyword_finder() -> tuple[BytesAhoCorasick, list[list[tuple[str, bytes | No
 _FINDER, _SPELLINGS = _keyword_finder()
 
 
-def _keywords_in(data: bytes) -> set[str]:
-    """The rules' keywords that occur in `data`: one pass of an Aho-Corasick automaton over the lower-cased bytes
-    finds them all, where a search per keyword would read the text twenty times; a case-sensitive keyword found
-    in lower case is then looked for as spelled."""
-    found = {index for index, _, _ in _FINDER.find_matches_as_indexes(data.lower(), overlapping=True)}
-    return {keyword for index in found for keyword, exact in _SPELLINGS[index] if exact is None or exact in data}
+def _keyword_hits(data: bytes) -> dict[str, list[int]]:
+    """Where the rules' keywords occur in `data` (byte offsets, by keyword): one pass of an Aho-Corasick automaton
+    over the lower-cased bytes finds them all, where a search per keyword would read the text twenty times; a
+    case-sensitive keyword found in lower case must be spelled as the rule spells it."""
+    hits: dict[str, list[int]] = {}
+    for index, start, _ in _FINDER.find_matches_as_indexes(data.lower(), overlapping=True):
+        for keyword, exact in _SPELLINGS[index]:
+            if exact is None or data.startswith(exact, start):
+                hits.setdefault(keyword, []).append(start)
+    return hits
 
 
-def _matches(rule: Rule, text: str, haystack: str) -> Iterator[re.Match[str]]:
-    """The rule's matches on the lines holding one of its keywords, line by line, in order."""
+def _matches(rule: Rule, text: str, haystack: str, hits: dict[str, list[int]] | None) -> Iterator[re.Match[str]]:
+    """The rule's matches on the lines holding one of its keywords, line by line, in order. The keywords are where
+    `hits` says (offsets in `text`) or, without it, looked for in `haystack` (`text`, or lower-cased)."""
     lines: set[int] = set()
     for keyword in rule.keywords:
+        if hits is not None:
+            lines.update(text.rfind("\n", 0, i) + 1 for i in hits.get(keyword, ()))
+            continue
         i = haystack.find(keyword)
         while i != -1:
             line_start = text.rfind("\n", 0, i) + 1

@@ -602,6 +602,8 @@ EDGES: list[tuple[str, bytes, int, int, int]] = [
     ("attr.rs", b"#![allow(dead_code)]\n// comment\nfn f() {}\n", 2, 1, 0),
     ("empty_lines.go", b"\n\n\npackage a\n\n", 1, 0, 4),
     ("only_comment.c", b"/* all there is, and no newline */", 0, 1, 0),
+    ("docs.rs", b"//! Crate docs\n\n/// f's docs\n/// more\nfn f() {} // trailing\n", 1, 3, 1),
+    ("runs.c", b"int a; /* x */ /* y */\n/* x */ /* y */\n  /* a\n\n b */ int b;\n", 2, 2, 1),
     ("only_blank.js", b"  \n\t", 0, 0, 2),
 ]
 

@@ -482,27 +482,45 @@ def _blank_lines(text: bytes, last_line_is_empty: bool) -> int:
 
 def count_lines_around(data: bytes, comments: Iterable[tuple[int, int]]) -> tuple[int, int, int]:
     """Code, comment and blank lines of a file whose comments a parser found: `comments` are their byte spans
-    (start, end), in order. The same rules as `count_lines`, without a second pass of our own over the text: a
-    line is a comment line when removing the comments leaves it blank, and was not blank before."""
+    (start, end), in order. The same rules as `count_lines`, without a pass of our own over the text: a comment
+    line is a line that is not blank and holds nothing but white space outside comments."""
     if data.startswith(_UTF8_BOM):
         data = b"   " + data[len(_UTF8_BOM) :]  # same offsets, and blank is still blank
     no_last_line = not data or data.endswith(b"\n")
     lines = data.count(b"\n") + (not no_last_line)
     blank = _blank_lines(data, no_last_line)
-    pieces: list[bytes] = []
-    pos = 0
+    comment = 0
+    # Runs of comments with nothing but white space between them are measured as one.
+    run_start = run_end = -1
     shebang = data.startswith(b"#!") and not data.startswith(b"#![")
     for start, end in comments:
-        if start < pos or (shebang and start == 0):
-            continue  # a span inside one already removed; a shebang is code
-        pieces.append(data[pos:start])
-        pieces.append(b"\n" * data.count(b"\n", start, end))
-        pos = end
-    if not pieces:
-        return lines - blank, 0, blank
-    pieces.append(data[pos:])
-    comment = _blank_lines(b"".join(pieces), no_last_line) - blank
+        if start < run_end or (shebang and start == 0):
+            continue  # a span inside one already taken; a shebang is code
+        if data[end - 1 : end] == b"\n":
+            end -= 1  # Rust's doc comments take the newline after them
+        if run_end >= 0 and (run_end == start or data[run_end:start].isspace()):
+            run_end = end
+            continue
+        if run_end >= 0:
+            comment += _comment_lines(data, run_start, run_end)
+        run_start, run_end = start, end
+    if run_end >= 0:
+        comment += _comment_lines(data, run_start, run_end)
     return lines - blank - comment, comment, blank
+
+
+def _comment_lines(data: bytes, start: int, end: int) -> int:
+    """The comment lines of a run of comments from `start` to `end`: its first and last lines when nothing but
+    white space is before and after it there, and the lines between that are not blank."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    head = start == line_start or data[line_start:start].isspace()
+    line_end = data.find(b"\n", end)
+    tail = end == line_end or end == len(data) or data[end : len(data) if line_end < 0 else line_end].isspace()
+    newlines = data.count(b"\n", start, end)
+    if not newlines:
+        return head and tail
+    # The run ends with a comment's last character, never white space: a blank line inside is followed by one.
+    return head + tail + newlines - 1 - len(_BLANK_AFTER_NEWLINE.findall(data, start, end))
 
 
 _COUNTERS: dict[str, _Counter] = {}

@@ -74,6 +74,7 @@ __all__ = [
     "complexity",
     "measure_file",
     "measure_into",
+    "parser_for",
 ]
 
 
@@ -364,6 +365,13 @@ def _tools(grammar: str) -> tuple[Parser, Query]:
     return parser, entry[1]
 
 
+def parser_for(path: str, language: str) -> Parser | None:
+    """The parser this step uses for a file in `language` (an inventory language name), or None without a grammar;
+    for measuring the parse alone (`bench/parse_floor.py`)."""
+    grammar = _grammar_for(path, language)
+    return _tools(grammar)[0] if grammar is not None else None
+
+
 # --- names and parameters -----------------------------------------------------------------------------------
 
 _FUNC, _CLASS, _DEC, _NEST = 1, 2, 4, 8
@@ -449,7 +457,7 @@ def _parameters(node: Node, grammar: str) -> int:
             continue
         if grammar == "Go" and kind == "parameter_declaration":
             count += len(child.children_by_field_name("name")) or 1
-        elif grammar in ("C", "C++") and kind == "parameter_declaration" and _text(child) == "void":
+        elif grammar in ("C", "C++") and kind == "parameter_declaration" and child.text == b"void":
             continue
         else:
             count += 1

@@ -13,6 +13,10 @@ Comment markers inside string literals do not open comments, also in strings nes
 (`x = \"\"\"...\"\"\"`) are code; JavaScript regex literals are recognised where an operand may start; a first line
 starting with `#!` is code; a UTF-8 byte-order mark is ignored.
 
+Two ways to the same counts: `count_lines` lexes the text itself (every language); `count_lines_around` takes
+the comment spans of a parser's syntax tree, which the engine's pipeline has anyway for the languages the
+complexity step parses, and so spares a second pass over those files.
+
 Where this differs from cloc 1.96 on purpose (cloc's rule, then ours): every Python triple-quoted string is a
 comment (only standalone strings are, and one-line `"docstrings"` too); a blank line after a line ending in a
 backslash is code (blank); `/*` in a JavaScript template literal or a glob string opens a comment (it does not);

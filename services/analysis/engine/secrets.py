@@ -38,9 +38,10 @@ Rules (`RULES`; severity in brackets):
   comment) and made of letters, digits and `+/=_.~!@$%^&*-`.
 
 A file is scanned line by line, and only the lines that can match: every rule has literal keywords (`AKIA`,
-`ghp_`, `password`, ...) that any match contains, the keywords are located with `str.find` (in a lower-cased copy
-for the case-insensitive rules), and the rule's pattern, compiled once at import, runs on those lines alone. No
-pattern matches across a line break (only `private-key` then reads the following lines for the key body).
+`ghp_`, `password`, ...) that any match contains, all of them are located in one Aho-Corasick pass over the
+file's lower-cased bytes (a case-sensitive keyword must then be spelled as the rule spells it), and the rule's
+pattern, compiled once at import, runs on those lines alone. No pattern matches across a line break (only
+`private-key` then reads the following lines for the key body).
 
 Not reported (placeholders, recognised before the entropy tests; counted in `skipped["placeholder"]`): values
 containing `changeme`, `change_me`, `change-me`, `example`, `placeholder`, `dummy`, `redacted`, `your_`,

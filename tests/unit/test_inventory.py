@@ -409,7 +409,7 @@ def test_counts_per_language(
     if language in SUPPORTED_LANGUAGES:
         # The engine counts the files it parses from the parser's comment nodes: the same answers.
         data = content.encode()
-        part = scan_files(str(tmp_path), [(name, by_path_name(name), len(data), True, False)])
+        part = scan_files(str(tmp_path), [(name, by_path_name(name), len(data), True, False)], 15)
         assert part.measured.files_parsed == 1
         assert part.counted == inv.files
 
@@ -621,7 +621,7 @@ def test_edge_cases_counted_alike_by_both_paths(
     _write(tmp_path, name, content)
     (stats,) = inventory(tmp_path).files
     assert (stats.code, stats.comment, stats.blank) == (code, comment, blank)
-    part = scan_files(str(tmp_path), [(name, by_path_name(name), len(content), True, False)])
+    part = scan_files(str(tmp_path), [(name, by_path_name(name), len(content), True, False)], 15)
     assert part.measured.files_parsed == 1
     assert part.counted == [stats]
 

@@ -15,7 +15,7 @@ not comparable across repositories). Ties go to more changes, then more complexi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.analysis.engine.churn import Churn, iso_time
@@ -25,19 +25,30 @@ TOP_HOTSPOTS = 10
 FUNCTIONS_PER_HOTSPOT = 3
 
 
+def hotspot_order(function: FunctionMetrics) -> tuple[int, int, str]:
+    """The order of a hotspot's functions: most complex first."""
+    return -function.cyclomatic, function.start_line, function.name
+
+
 def hotspots(
     churn: Churn,
     functions: Iterable[FunctionMetrics],
     *,
+    totals: Mapping[str, int] | None = None,
     top: int = TOP_HOTSPOTS,
     functions_per_file: int = FUNCTIONS_PER_HOTSPOT,
 ) -> list[dict[str, Any]]:
-    """The `top` hotspots, best first, each with its `functions_per_file` most complex functions."""
+    """The `top` hotspots, best first, each with its `functions_per_file` most complex functions. A file's
+    complexity is the sum over its functions: from `totals` when given (then `functions` need hold only each
+    file's most complex ones), else from `functions`."""
     by_file: defaultdict[str, list[FunctionMetrics]] = defaultdict(list)
     for function in functions:
         if function.path in churn.files:
             by_file[function.path].append(function)
-    totals = {path: sum(f.cyclomatic for f in measured) for path, measured in by_file.items()}
+    if totals is None:
+        totals = {path: sum(f.cyclomatic for f in measured) for path, measured in by_file.items()}
+    else:
+        totals = {path: totals[path] for path in by_file}
     candidates = [path for path, total in totals.items() if total > 0 and churn.files[path].changes > 0]
     if not candidates:
         return []
@@ -51,7 +62,7 @@ def hotspots(
     report = []
     for path in ranked[:top]:
         changed = churn.files[path]
-        worst = sorted(by_file[path], key=lambda f: (-f.cyclomatic, f.start_line, f.name))
+        worst = sorted(by_file[path], key=hotspot_order)
         report.append(
             {
                 "path": path,

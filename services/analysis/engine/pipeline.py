@@ -9,6 +9,7 @@ review then work on the merged results.
 
 from __future__ import annotations
 
+import heapq
 import multiprocessing
 import os
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from services.analysis.engine.churn import Churn, no_history
-from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, ComplexityResult, measure_into
+from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, ComplexityResult, FunctionMetrics, measure_into
 from services.analysis.engine.dependencies import declared_dependencies
 from services.analysis.engine.findings import (
     Finding,
@@ -29,7 +30,7 @@ from services.analysis.engine.findings import (
     size_findings,
     sort_findings,
 )
-from services.analysis.engine.hotspots import hotspots
+from services.analysis.engine.hotspots import FUNCTIONS_PER_HOTSPOT, hotspot_order, hotspots
 from services.analysis.engine.inventory import (
     Cancelled,
     Count,
@@ -66,11 +67,18 @@ class Outcome:
 
 @dataclass
 class Scanned:
-    """What the per-file steps found in some files; parts from several chunks merge into one."""
+    """What the per-file steps found in some files; parts from several chunks merge into one.
+
+    Of the functions, a part keeps only those the report can use once `keep_for_report` has run: memory then
+    grows with the files of a repository, not with its functions (the whole Linux kernel has over half a
+    million). The count, the sum of cyclomatic complexity and each file's total are kept instead."""
 
     counted: list[FileStats] = field(default_factory=list)
     inventory_skipped: dict[str, int] = field(default_factory=dict)
     measured: ComplexityResult = field(default_factory=ComplexityResult)
+    functions: int = 0
+    cyclomatic: int = 0
+    file_complexity: dict[str, int] = field(default_factory=dict)
     secrets: list[SecretFinding] = field(default_factory=list)
     secrets_scanned: int = 0
     secrets_skipped: dict[str, int] = field(default_factory=dict)
@@ -81,9 +89,34 @@ class Scanned:
         self.measured.functions += other.measured.functions
         self.measured.files_parsed += other.measured.files_parsed
         _add(self.measured.skipped, other.measured.skipped)
+        self.functions += other.functions
+        self.cyclomatic += other.cyclomatic
+        self.file_complexity.update(other.file_complexity)
         self.secrets += other.secrets
         self.secrets_scanned += other.secrets_scanned
         _add(self.secrets_skipped, other.secrets_skipped)
+
+    def keep_for_report(self, complexity_limit: int) -> None:
+        """Counts this part's functions, then keeps of them only: the `TOP_FUNCTIONS` most complex, those above
+        `complexity_limit` (each is a finding), and each file's `FUNCTIONS_PER_HOTSPOT` most complex (a file may
+        be a hotspot). Each selection is what the report would take from all functions, in the same order."""
+        functions = self.measured.functions
+        self.functions += len(functions)
+        self.cyclomatic += sum(f.cyclomatic for f in functions)
+        by_file: dict[str, list[int]] = {}
+        for index, function in enumerate(functions):
+            by_file.setdefault(function.path, []).append(index)
+        keep = {index for index, function in enumerate(functions) if function.cyclomatic > complexity_limit}
+        keep.update(heapq.nsmallest(TOP_FUNCTIONS, range(len(functions)), key=lambda i: _ranking(functions[i])))
+        for path, indices in by_file.items():
+            self.file_complexity[path] = sum(functions[i].cyclomatic for i in indices)
+            keep.update(heapq.nsmallest(FUNCTIONS_PER_HOTSPOT, indices, key=lambda i: hotspot_order(functions[i])))
+        self.measured.functions = [functions[i] for i in sorted(keep)]
+
+
+def _ranking(function: FunctionMetrics) -> tuple[int, str, int]:
+    """The report's order of functions: most complex first."""
+    return -function.cyclomatic, function.path, function.start_line
 
 
 def _add(total: dict[str, int], more: dict[str, int]) -> None:
@@ -91,8 +124,11 @@ def _add(total: dict[str, int], more: dict[str, int]) -> None:
         total[key] = total.get(key, 0) + count
 
 
-def scan_files(root: str, items: list[Item], should_stop: Callable[[], bool] = lambda: False) -> Scanned:
-    """Reads each file once and runs every per-file step that wants it. A pool task, so module-level."""
+def scan_files(
+    root: str, items: list[Item], complexity_limit: int, should_stop: Callable[[], bool] = lambda: False
+) -> Scanned:
+    """Reads each file once and runs every per-file step that wants it; of the functions, keeps those the report
+    can use (`Scanned.keep_for_report`). A pool task, so module-level."""
     part = Scanned()
     for rel, language, size, counted, secrets in items:
         if should_stop():
@@ -109,6 +145,7 @@ def scan_files(root: str, items: list[Item], should_stop: Callable[[], bool] = l
             if found is not None:
                 part.secrets_scanned += 1
                 part.secrets += found
+    part.keep_for_report(complexity_limit)
     return part
 
 
@@ -182,17 +219,22 @@ def chunks(items: list[Item]) -> Iterator[list[Item]]:
 
 
 def _scan(
-    src: Path, items: list[Item], pool: Executor | None, should_stop: Callable[[], bool], progress: Progress
+    src: Path,
+    items: list[Item],
+    complexity_limit: int,
+    pool: Executor | None,
+    should_stop: Callable[[], bool],
+    progress: Progress,
 ) -> Scanned:
     total = Scanned()
     parts = list(chunks(items))
     if pool is None:
         for done, part in enumerate(parts):
             progress("scan", 40 + 45 * done // max(len(parts), 1))
-            total.merge(scan_files(os.fspath(src), part, should_stop))
+            total.merge(scan_files(os.fspath(src), part, complexity_limit, should_stop))
         return total
     # Running chunks are abandoned on cancellation, not awaited; the merge below keeps the order of `parts`.
-    futures = [pool.submit(scan_files, os.fspath(src), part) for part in parts]
+    futures = [pool.submit(scan_files, os.fspath(src), part, complexity_limit) for part in parts]
     pending: set[Future[Scanned]] = set(futures)
     while pending:
         _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -229,7 +271,7 @@ def analyse(
     started = step("scan", 40)
     inventory_skipped: dict[str, int] = {}
     items, paths = plan(src, should_stop, inventory_skipped)
-    scanned = _scan(src, items, pool, should_stop, progress)
+    scanned = _scan(src, items, gate["max_function_complexity"], pool, should_stop, progress)
     _add(inventory_skipped, scanned.inventory_skipped)
     counted = summarise(scanned.counted, inventory_skipped)
     measured = scanned.measured
@@ -240,20 +282,19 @@ def analyse(
     )
     outcome.timings["scan"] = round(time.perf_counter() - started, 3)
     outcome.sections["inventory"] = counted.to_dict()
-    ranked = sorted(measured.functions, key=lambda f: (-f.cyclomatic, f.path, f.start_line))
+    ranked = sorted(measured.functions, key=_ranking)
     outcome.sections["complexity"] = {
-        "functions": len(measured.functions),
+        "functions": scanned.functions,
         "files_parsed": measured.files_parsed,
         "skipped": dict(sorted(measured.skipped.items())),
-        "average": round(sum(f.cyclomatic for f in ranked) / len(ranked), 2) if ranked else 0,
+        "average": round(scanned.cyclomatic / scanned.functions, 2) if scanned.functions else 0,
         # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.
         "top": [f._asdict() for f in ranked[:TOP_FUNCTIONS]],
     }
     outcome.sections["secrets"] = secrets.to_dict()
-    # Here because hotspots need every function of a file, and only this step holds them all.
     churn = churn or no_history()
     outcome.sections["churn"] = churn.summary()
-    outcome.sections["hotspots"] = hotspots(churn, measured.functions)
+    outcome.sections["hotspots"] = hotspots(churn, measured.functions, totals=scanned.file_complexity)
 
     started = step("dependencies", 88)
     declared = declared_dependencies(src, paths)

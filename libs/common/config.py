@@ -305,6 +305,13 @@ class AnalysisSettings(GrpcServiceSettings):
     engine_processes: int = Field(
         default=2, ge=0, le=64, description="Processes a worker runs the engine's per-file steps on (0: in-thread)"
     )
+    engine_cache_dir: str = Field(
+        default="",
+        description="Where a worker keeps what it measured of each file, by content, for later analyses (empty: off)",
+    )
+    engine_cache_max_entries: int = Field(
+        default=1_000_000, ge=1000, le=100_000_000, description="Files the engine cache holds at most"
+    )
     # The LLM review. The base URLs share their names with the SDKs' own variables, so one setting points both
     # (a gateway or a regional endpoint); empty means the SDK's default.
     anthropic_base_url: str = Field(default="", description="Anthropic API base URL (default: the SDK's)")

@@ -153,6 +153,8 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         churn_max_commits=settings.churn_max_commits,
         work_dir=settings.work_dir,
         engine_processes=settings.engine_processes,
+        engine_cache_dir=settings.engine_cache_dir,
+        engine_cache_max_entries=settings.engine_cache_max_entries,
         review=ReviewSettings.from_settings(settings),
     )
     relaying = asyncio.create_task(relay.run())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import tempfile
 import threading
 import time
@@ -92,6 +93,8 @@ class Worker:
         churn_max_commits: int = 1000,
         work_dir: str = "",
         engine_processes: int = 0,
+        engine_cache_dir: str = "",
+        engine_cache_max_entries: int = 1_000_000,
         review: ReviewSettings | None = None,
     ):
         self._analyses = analyses
@@ -108,6 +111,8 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._engine_processes = engine_processes
         self._pool: ProcessPoolExecutor | None = None
+        self._engine_cache_dir = engine_cache_dir
+        self._engine_cache_max_entries = engine_cache_max_entries
         self._review = review or ReviewSettings()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -126,6 +131,10 @@ class Worker:
         subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=JOBS_STREAM)
         if self._engine_processes:
             self._pool = await asyncio.to_thread(start_pool, self._engine_processes)
+        if self._engine_cache_dir:
+            # A cache that cannot be made is only a slower analysis (the engine warns and measures every file).
+            with contextlib.suppress(OSError):
+                os.makedirs(self._engine_cache_dir, exist_ok=True)
         log.info("worker.started", concurrency=self._concurrency, engine_processes=self._engine_processes)
         while not stop.is_set():
             free = self._concurrency - len(self._running)
@@ -314,6 +323,8 @@ class Worker:
                 progress=progress,
                 pool=self._pool,
                 churn=history,
+                cache_dir=self._engine_cache_dir,
+                cache_max_entries=self._engine_cache_max_entries,
             )
             run.timings.update(outcome.timings)
         if config.llm_provider in PROVIDERS:

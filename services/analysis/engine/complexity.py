@@ -72,6 +72,7 @@ __all__ = [
     "ComplexityResult",
     "FunctionMetrics",
     "complexity",
+    "grammar_for",
     "measure_file",
     "measure_into",
     "parser_for",
@@ -363,6 +364,11 @@ def _tools(grammar: str) -> tuple[Parser, Query]:
     if parser is None:
         parser = parsers[grammar] = Parser(entry[0])
     return parser, entry[1]
+
+
+def grammar_for(path: str, language: str) -> str | None:
+    """The grammar this step parses a file in `language` (an inventory language name) with, or None."""
+    return _grammar_for(path, language)
 
 
 def parser_for(path: str, language: str) -> Parser | None:

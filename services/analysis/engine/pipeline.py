@@ -19,8 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.analysis.engine.cache import CACHE_FILE, ParseCache
 from services.analysis.engine.churn import Churn, no_history
-from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, ComplexityResult, FunctionMetrics, measure_into
+from services.analysis.engine.complexity import (
+    SUPPORTED_LANGUAGES,
+    ComplexityResult,
+    FunctionMetrics,
+    grammar_for,
+    measure_into,
+)
 from services.analysis.engine.dependencies import declared_dependencies
 from services.analysis.engine.findings import (
     Finding,
@@ -79,6 +86,7 @@ class Scanned:
     functions: int = 0
     cyclomatic: int = 0
     file_complexity: dict[str, int] = field(default_factory=dict)
+    reused: int = 0  # files whose measures came from the cache
     secrets: list[SecretFinding] = field(default_factory=list)
     secrets_scanned: int = 0
     secrets_skipped: dict[str, int] = field(default_factory=dict)
@@ -92,6 +100,7 @@ class Scanned:
         self.functions += other.functions
         self.cyclomatic += other.cyclomatic
         self.file_complexity.update(other.file_complexity)
+        self.reused += other.reused
         self.secrets += other.secrets
         self.secrets_scanned += other.secrets_scanned
         _add(self.secrets_skipped, other.secrets_skipped)
@@ -125,17 +134,24 @@ def _add(total: dict[str, int], more: dict[str, int]) -> None:
 
 
 def scan_files(
-    root: str, items: list[Item], complexity_limit: int, should_stop: Callable[[], bool] = lambda: False
+    root: str,
+    items: list[Item],
+    complexity_limit: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    *,
+    cache_path: str | None = None,
 ) -> Scanned:
     """Reads each file once and runs every per-file step that wants it; of the functions, keeps those the report
-    can use (`Scanned.keep_for_report`). A pool task, so module-level."""
+    can use (`Scanned.keep_for_report`). With a `cache_path`, what a parse gives comes from the cache when the same
+    bytes were measured before, and goes into it otherwise. A pool task, so module-level."""
     part = Scanned()
+    cache = _cache(cache_path)
     for rel, language, size, counted, secrets in items:
         if should_stop():
             raise Cancelled
         data = read(os.path.join(root, rel), MAX_FILE_BYTES, size)
         if counted:
-            stats = examine(rel, data, language, size, MAX_FILE_BYTES, _counter(part.measured, rel))
+            stats = examine(rel, data, language, size, MAX_FILE_BYTES, _counter(part, rel, cache))
             if isinstance(stats, str):
                 part.inventory_skipped[stats] = part.inventory_skipped.get(stats, 0) + 1
             else:
@@ -145,19 +161,49 @@ def scan_files(
             if found is not None:
                 part.secrets_scanned += 1
                 part.secrets += found
+    if cache is not None:
+        cache.flush()
     part.keep_for_report(complexity_limit)
     return part
 
 
-def _counter(measured: ComplexityResult, rel: str) -> Count:
-    """Counts a file's lines for the inventory: a file in a language with a grammar is measured on the way, and
-    its lines are counted from that parse."""
+_CACHES: dict[str, ParseCache] = {}  # this process's connections, by file
+
+
+def _cache(path: str | None) -> ParseCache | None:
+    if not path:
+        return None
+    cache = _CACHES.get(path)
+    if cache is None:
+        cache = _CACHES[path] = ParseCache(path)
+    return cache
+
+
+def _counter(part: Scanned, rel: str, cache: ParseCache | None) -> Count:
+    """Counts a file's lines for the inventory: a file in a language with a grammar is measured on the way (or
+    found in the cache), and its lines are counted from that parse."""
+    measured = part.measured
 
     def count(data: bytes, language: Language) -> tuple[int, int, int]:
         if language.name not in SUPPORTED_LANGUAGES:
             return count_lines(data, language)
+        grammar = grammar_for(rel, language.name)
+        key = None
+        if cache is not None and grammar is not None and len(data) <= STEP_MAX_FILE_BYTES:
+            key = cache.key(data, grammar)
+            hit = cache.get(key, rel)
+            if hit is not None:
+                measured.functions.extend(hit[1])
+                measured.files_parsed += 1
+                part.reused += 1
+                return hit[0]
+        before = len(measured.functions)
         lines = measure_into(measured, rel, data, language.name, STEP_MAX_FILE_BYTES)
-        return lines if lines is not None else count_lines(data, language)
+        if lines is None:
+            return count_lines(data, language)
+        if cache is not None and key is not None:
+            cache.put(key, (lines, measured.functions[before:]))
+        return lines
 
     return count
 
@@ -225,16 +271,18 @@ def _scan(
     pool: Executor | None,
     should_stop: Callable[[], bool],
     progress: Progress,
+    cache_path: str | None,
 ) -> Scanned:
     total = Scanned()
     parts = list(chunks(items))
+    root = os.fspath(src)
     if pool is None:
         for done, part in enumerate(parts):
             progress("scan", 40 + 45 * done // max(len(parts), 1))
-            total.merge(scan_files(os.fspath(src), part, complexity_limit, should_stop))
+            total.merge(scan_files(root, part, complexity_limit, should_stop, cache_path=cache_path))
         return total
     # Running chunks are abandoned on cancellation, not awaited; the merge below keeps the order of `parts`.
-    futures = [pool.submit(scan_files, os.fspath(src), part, complexity_limit) for part in parts]
+    futures = [pool.submit(scan_files, root, part, complexity_limit, cache_path=cache_path) for part in parts]
     pending: set[Future[Scanned]] = set(futures)
     while pending:
         _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -256,10 +304,13 @@ def analyse(
     progress: Progress,
     pool: Executor | None = None,
     churn: Churn | None = None,
+    cache_dir: str = "",
+    cache_max_entries: int = 1_000_000,
 ) -> Outcome:
     """Runs the per-file steps (inventory, complexity, secrets), then dependencies, hotspots, findings, the
     quality gate and the review; `progress(step, percent)` follows it. With a process `pool` the per-file steps
-    run on all its processes."""
+    run on all its processes. With a `cache_dir`, files measured by an earlier analysis are not parsed again
+    (`engine/cache.py`); the cache is then trimmed to `cache_max_entries`."""
     outcome = Outcome()
 
     def step(name: str, percent: int) -> float:
@@ -271,7 +322,15 @@ def analyse(
     started = step("scan", 40)
     inventory_skipped: dict[str, int] = {}
     items, paths = plan(src, should_stop, inventory_skipped)
-    scanned = _scan(src, items, gate["max_function_complexity"], pool, should_stop, progress)
+    cache = ParseCache(os.path.join(cache_dir, CACHE_FILE)) if cache_dir else None
+    cache_path = cache.path if cache is not None and cache.prepare() else None
+    try:
+        scanned = _scan(src, items, gate["max_function_complexity"], pool, should_stop, progress, cache_path)
+        if cache is not None:
+            cache.trim(cache_max_entries)
+    finally:
+        if cache is not None:
+            cache.close()
     _add(inventory_skipped, scanned.inventory_skipped)
     counted = summarise(scanned.counted, inventory_skipped)
     measured = scanned.measured
@@ -286,6 +345,7 @@ def analyse(
     outcome.sections["complexity"] = {
         "functions": scanned.functions,
         "files_parsed": measured.files_parsed,
+        "files_reused": scanned.reused,
         "skipped": dict(sorted(measured.skipped.items())),
         "average": round(scanned.cyclomatic / scanned.functions, 2) if scanned.functions else 0,
         # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.

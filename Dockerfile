@@ -68,7 +68,8 @@ RUN apt-get update \
     && python -m pip uninstall --yes --quiet pip setuptools wheel \
     && groupadd --system --gid 10001 repolens \
     && useradd --system --uid 10001 --gid repolens --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin repolens
+        --shell /usr/sbin/nologin repolens \
+    && install --directory --owner repolens --group repolens /var/cache/repolens
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app

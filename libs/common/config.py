@@ -310,7 +310,7 @@ class AnalysisSettings(GrpcServiceSettings):
         description="Where a worker keeps what it measured of each file, by content, for later analyses (empty: off)",
     )
     engine_cache_max_entries: int = Field(
-        default=1_000_000, ge=1000, le=100_000_000, description="Files the engine cache holds at most"
+        default=200_000, ge=1000, le=100_000_000, description="Files the engine cache holds at most (about 3 KB each)"
     )
     # The LLM review. The base URLs share their names with the SDKs' own variables, so one setting points both
     # (a gateway or a regional endpoint); empty means the SDK's default.

@@ -111,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
                     nats_url,
                     environment=os.environ.get("ENVIRONMENT", "development"),
                     http_port=http_port,
-                    extra_env={"REDIS_URL": redis_url},
+                    extra_env={
+                        "REDIS_URL": redis_url,
+                        # Analyses of a repository analysed before reuse what was measured of its unchanged files.
+                        "ENGINE_CACHE_DIR": os.fspath(data_dir / "engine-cache"),
+                    },
                     output=sys.stdout,
                     log_file=data_dir / "devstack.log",
                 )

@@ -94,7 +94,7 @@ class Worker:
         work_dir: str = "",
         engine_processes: int = 0,
         engine_cache_dir: str = "",
-        engine_cache_max_entries: int = 1_000_000,
+        engine_cache_max_entries: int = 200_000,
         review: ReviewSettings | None = None,
     ):
         self._analyses = analyses

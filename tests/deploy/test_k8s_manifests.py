@@ -200,6 +200,28 @@ def test_worker_probes_its_metrics_server(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_worker_writes_only_to_its_own_volumes(overlay: str) -> None:
+    """The root is read-only: the clones and the engine cache must each sit on a writable emptyDir."""
+    objects = build(OVERLAYS[overlay])
+    worker = named(objects, "Deployment", "worker")
+    container = main_container(worker)
+    env = container_env(objects, container)
+    volumes = {volume["name"]: volume for volume in pod_spec(worker)["volumes"]}
+    writable = {
+        mount["mountPath"]: volumes[mount["name"]]
+        for mount in container["volumeMounts"]
+        if not mount.get("readOnly", False)
+    }
+    for setting in ("work_dir", "engine_cache_dir"):
+        path = effective(SETTINGS["worker"], setting, env)
+        assert path, f"{setting.upper()} must be set in a cluster"
+        under = [mount for mount in writable if path == mount or path.startswith(mount.rstrip("/") + "/")]
+        assert under, f"{setting.upper()}={path} is on the read-only root"
+        assert "emptyDir" in writable[under[0]], setting
+        assert writable[under[0]]["emptyDir"].get("sizeLimit"), f"{setting}: an emptyDir without a size limit"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_startup_probes_outlast_the_startup_wait(overlay: str) -> None:
     """A service opens its port only after PostgreSQL and NATS answered, which may take STARTUP_TIMEOUT_S."""
     objects = build(OVERLAYS[overlay])

@@ -305,7 +305,7 @@ def analyse(
     pool: Executor | None = None,
     churn: Churn | None = None,
     cache_dir: str = "",
-    cache_max_entries: int = 1_000_000,
+    cache_max_entries: int = 200_000,
 ) -> Outcome:
     """Runs the per-file steps (inventory, complexity, secrets), then dependencies, hotspots, findings, the
     quality gate and the review; `progress(step, percent)` follows it. With a process `pool` the per-file steps

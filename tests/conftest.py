@@ -118,7 +118,8 @@ def stack(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFac
         database_url,
         nats_url,
         environment="test",
-        extra_env=RELAXED_RATE_LIMITS,
+        # The worker keeps an engine cache, as it does under `make run` and in a cluster.
+        extra_env={**RELAXED_RATE_LIMITS, "ENGINE_CACHE_DIR": str(tmp_path_factory.mktemp("engine-cache"))},
         log_file=tmp_path_factory.mktemp("stack") / "stack.log",
     )
     running.start()

@@ -97,6 +97,18 @@ def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: P
     assert [a["id"] for a in listed["items"]] == [started["id"]]
     assert expect(person.get("/api/v2/analyses", params={"status": "failed"}), 200)["items"] == []
 
+    # Analysed again, unchanged: the worker's engine cache gives every parsed file, and the report is the same.
+    again = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
+    assert wait_for(person, again["id"], {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    second = expect(person.get(f"/api/v2/analyses/{again['id']}/report"), 200)
+    assert second["complexity"]["files_parsed"] == 3
+    assert second["complexity"]["files_reused"] == 3
+    for section in ("inventory", "secrets", "dependencies", "hotspots", "findings", "quality_gate"):
+        assert second[section] == report[section], section
+    assert {k: v for k, v in second["complexity"].items() if k != "files_reused"} == {
+        k: v for k, v in report["complexity"].items() if k != "files_reused"
+    }
+
 
 @pytest.mark.parametrize(
     ("url", "reason"),

@@ -184,12 +184,17 @@ def test_gateway_probes_its_health_routes(overlay: str) -> None:
         assert container["readinessProbe"]["timeoutSeconds"] > effective(GatewaySettings, "ready_check_timeout_s", env)
 
 
-@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_worker_probes_its_metrics_server(overlay: str) -> None:
+def worker_of(overlay: str) -> tuple[Obj, Obj, dict[str, str]]:
+    """The worker Deployment of an overlay, its main container and that container's environment."""
     objects = build(OVERLAYS[overlay])
     worker = named(objects, "Deployment", "worker")
     container = main_container(worker)
-    env = container_env(objects, container)
+    return worker, container, container_env(objects, container)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_worker_probes_its_metrics_server(overlay: str) -> None:
+    _, container, env = worker_of(overlay)
     port = effective(SETTINGS["worker"], "metrics_port", env)
     assert port, "METRICS_PORT must be set: the worker's probes use its metrics server"
     assert effective(SETTINGS["worker"], "metrics_host", env) == "0.0.0.0"
@@ -202,10 +207,7 @@ def test_worker_probes_its_metrics_server(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_worker_writes_only_to_its_own_volumes(overlay: str) -> None:
     """The root is read-only: the clones and the engine cache must each sit on a writable emptyDir."""
-    objects = build(OVERLAYS[overlay])
-    worker = named(objects, "Deployment", "worker")
-    container = main_container(worker)
-    env = container_env(objects, container)
+    worker, container, env = worker_of(overlay)
     volumes = {volume["name"]: volume for volume in pod_spec(worker)["volumes"]}
     writable = {
         mount["mountPath"]: volumes[mount["name"]]

@@ -21,8 +21,6 @@ import json
 import sqlite3
 from importlib import metadata
 
-import structlog
-
 from services.analysis.engine.complexity import FunctionMetrics
 
 __all__ = ["CACHE_FILE", "Measured", "ParseCache"]
@@ -45,8 +43,6 @@ _GRAMMARS = (
     "tree-sitter-typescript",
 )
 _BUSY_TIMEOUT_S = 2.0
-
-log = structlog.get_logger(__name__)
 
 # A file's code, comment and blank lines, and its functions (path left out: the caller's path is put back).
 Measured = tuple[tuple[int, int, int], list[FunctionMetrics]]
@@ -171,6 +167,11 @@ class ParseCache:
 
     def _give_up(self, exc: Exception) -> None:
         if not self._broken:
-            log.warning("engine.cache_unusable", path=self._path, error=type(exc).__name__, detail=str(exc))
+            # Imported here: structlog brings rich along (20 MiB in each engine process), and this is the rare path.
+            import structlog
+
+            structlog.get_logger(__name__).warning(
+                "engine.cache_unusable", path=self._path, error=type(exc).__name__, detail=str(exc)
+            )
         self._broken = True
         self.close()

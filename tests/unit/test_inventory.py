@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 from pathlib import Path
 
 import pytest
 
 from services.analysis.engine.complexity import SUPPORTED_LANGUAGES
-from services.analysis.engine.inventory import Cancelled, FileStats, Inventory, LanguageStats, inventory, read
+from services.analysis.engine.inventory import (
+    Cancelled,
+    FileStats,
+    Inventory,
+    LanguageStats,
+    count_lines,
+    inventory,
+    read,
+)
 from services.analysis.engine.languages import BY_EXTENSION, by_path_name, by_shebang
 from services.analysis.engine.pipeline import scan_files
 
@@ -634,3 +644,44 @@ def test_read_gives_the_bytes_whatever_the_size_seen_by_the_walk(tmp_path: Path,
     for seen in (None, 0, length, length // 2, length + 100):
         assert read(str(path), 60_000, seen) == expected
     assert read(str(tmp_path / "missing"), 10) == "unreadable"
+
+
+def test_full_line_comment_languages_count_line_by_line() -> None:
+    """Languages whose one comment rule is a full-line pattern are counted by a search over the whole text; on
+    random texts it must agree with the rule applied line by line (a first `#!` line being code)."""
+    languages = [BY_EXTENSION[ext] for ext in (".bat", ".ini", ".po")] + [by_path_name("Dockerfile")]
+    rng = random.Random(5)
+    pieces = [
+        b"",
+        b"  ",
+        b"\t",
+        b"#",
+        b"#,",
+        b" # c",
+        b";x",
+        b"REM x",
+        b"rem",
+        b"@REM",
+        b"::",
+        b"x",
+        b"#!/bin/sh",
+        b"\r",
+    ]
+    for _ in range(3000):
+        lines = [b"".join(rng.choice(pieces) for _ in range(rng.randrange(3))) for _ in range(rng.randrange(8))]
+        data = b"\n".join(lines) + rng.choice([b"", b"\n"])
+        for language in languages:
+            assert language is not None
+            assert language.full_line_comment is not None
+            rule = re.compile(language.full_line_comment)
+            counted = data.split(b"\n")
+            if counted and counted[-1] == b"":
+                counted.pop()
+            blank = sum(1 for line in counted if not line.strip())
+            comment = sum(
+                1
+                for n, line in enumerate(counted)
+                if line.strip() and rule.match(line) and not (n == 0 and line.startswith(b"#!"))
+            )
+            expected = (len(counted) - blank - comment, comment, blank)
+            assert count_lines(data, language) == expected, (language.name, data)

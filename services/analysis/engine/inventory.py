@@ -625,6 +625,17 @@ class _Counter:
         self.lang = lang
         self.plain = not lang.has_comments
         self.full_line = re.compile(lang.full_line_comment) if lang.full_line_comment else None
+        # A language whose one comment rule is the full-line one is counted by searching the whole text: a search
+        # from a line start that runs on over blank lines still starts one match per comment line.
+        self.full_line_only: re.Pattern[bytes] | None = None
+        if lang.full_line_comment and not (
+            lang.line_comments
+            or lang.block_comments
+            or lang.delimited_block_comments
+            or lang.strings
+            or lang.line_blocks
+        ):
+            self.full_line_only = re.compile(rb"(?m)^(?:" + lang.full_line_comment + rb")")
         self.line_blocks = tuple((re.compile(o), re.compile(c)) for o, c in lang.line_blocks)
         self.track_python = any(rule.docstring for rule in lang.strings)
         parts: list[bytes] = []
@@ -672,6 +683,12 @@ class _Counter:
             data = data[len(_UTF8_BOM) :]
         if self.plain or (self.opener is None and self.full_line is None and not self.line_blocks):
             return count_lines_around(data, ())
+        if self.full_line_only is not None:
+            code, _, blank = count_lines_around(data, ())
+            comment = len(self.full_line_only.findall(data))
+            if comment and data.startswith(b"#!") and not data.startswith(b"#![") and self.full_line_only.match(data):
+                comment -= 1  # a shebang is code
+            return code - comment, comment, blank
         lines = data.split(b"\n")
         if lines[-1] == b"":
             lines.pop()

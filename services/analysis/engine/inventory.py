@@ -316,13 +316,12 @@ def walk(
     should_stop: Callable[[], bool],
     skipped: dict[str, int],
     max_file_bytes: int,
-    others: list[tuple[str, int]] | None = None,
+    found: Callable[[str, Language | None, int, bool], None] | None = None,
 ) -> list[Candidate]:
-    """The files worth reading under `root`, in path order; what is left out is counted in `skipped`. The regular
-    files left out by their name or size (not worth counting, but other steps may want them: `.env`, `go.mod`,
-    lock files) are added to `others`, when given, as (relative path, size)."""
+    """The files worth reading under `root`, in path order; what is left out is counted in `skipped`. `found`, when
+    given, hears of every regular file as the walk reaches it, as (relative path, language, size, counted): those
+    left out by their name or size too (not worth counting, but other steps may want them: `.env`, `go.mod`)."""
     max_bytes = max_file_bytes
-    keep = others.append if others is not None else None
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
@@ -383,10 +382,12 @@ def walk(
                 reason = "empty"
             else:
                 candidates.append((rel, entry.path, lang, size))
+                if found is not None:
+                    found(rel, lang, size, True)
                 continue
             skip(reason)
-            if keep is not None:
-                keep((rel, size))
+            if found is not None:
+                found(rel, None, size, False)
         stack.extend(reversed(subdirs))
     return candidates
 

@@ -56,6 +56,7 @@ Progress = Callable[[str, int], None]
 TOP_FUNCTIONS = 100
 CHUNK_BYTES = 1_000_000  # a chunk is one task: small enough that a cancellation never waits long
 CHUNK_FILES = 250
+EARLY_BYTES = 16_384  # on a pool, files this large are handed out while the walk goes on
 MAX_FILE_BYTES = 2_000_000  # what the inventory counts; complexity and secrets stop at half of it
 STEP_MAX_FILE_BYTES = 1_000_000
 
@@ -233,19 +234,40 @@ def start_pool(processes: int, *, timeout_s: float = 60.0) -> ProcessPoolExecuto
     return pool
 
 
-def plan(src: Path, should_stop: Callable[[], bool], inventory_skipped: dict[str, int]) -> tuple[list[Item], list[str]]:
+def plan(
+    src: Path,
+    should_stop: Callable[[], bool],
+    inventory_skipped: dict[str, int],
+    early: Callable[[list[Item]], None] | None = None,
+) -> tuple[list[Item], list[str]]:
     """Every file to read, largest first, and every regular file's path in order (for the dependencies step).
 
     One walk gives both: the files the inventory counts, and the others it reaches, which secrets and manifests
     may hide in (`.env`, `go.mod`); folders the inventory leaves out (dependencies, caches, build output, version
-    control) are left out for every step."""
-    others: list[tuple[str, int]] = []
-    candidates = walk(
-        os.fspath(src), should_stop=should_stop, skipped=inventory_skipped, max_file_bytes=MAX_FILE_BYTES, others=others
-    )
-    items: list[Item] = [(rel, language, size, True, True) for rel, _, language, size in candidates]
-    items += [(rel, None, size, False, True) for rel, size in others]
-    paths = sorted(item[0] for item in items)
+    control) are left out for every step. With `early`, the files of `EARLY_BYTES` or more go to it in chunks as
+    the walk finds them, so that a pool starts on the longest work while the walk goes on; they are not in the
+    items returned, which are the smaller files, largest first, to even out the end."""
+    items: list[Item] = []
+    paths: list[str] = []
+    batch: list[Item] = []
+    batch_bytes = 0
+
+    def found(rel: str, language: Language | None, size: int, counted: bool) -> None:
+        nonlocal batch, batch_bytes
+        paths.append(rel)
+        if early is None or size < EARLY_BYTES:
+            items.append((rel, language, size, counted, True))
+            return
+        batch.append((rel, language, size, counted, True))
+        batch_bytes += size
+        if len(batch) >= CHUNK_FILES or batch_bytes >= CHUNK_BYTES:
+            early(batch)
+            batch, batch_bytes = [], 0
+
+    walk(os.fspath(src), should_stop=should_stop, skipped=inventory_skipped, max_file_bytes=MAX_FILE_BYTES, found=found)
+    if batch and early is not None:
+        early(batch)
+    paths.sort()
     items.sort(key=lambda item: -item[2])
     return items, paths
 
@@ -266,34 +288,46 @@ def chunks(items: list[Item]) -> Iterator[list[Item]]:
 
 def _scan(
     src: Path,
-    items: list[Item],
     complexity_limit: int,
     pool: Executor | None,
     should_stop: Callable[[], bool],
     progress: Progress,
     cache_path: str | None,
-) -> Scanned:
+    inventory_skipped: dict[str, int],
+) -> tuple[Scanned, list[str]]:
+    """The per-file steps on every file of the tree (`plan`), and every regular file's path."""
     total = Scanned()
-    parts = list(chunks(items))
     root = os.fspath(src)
     if pool is None:
+        items, paths = plan(src, should_stop, inventory_skipped)
+        parts = list(chunks(items))
         for done, part in enumerate(parts):
             progress("scan", 40 + 45 * done // max(len(parts), 1))
             total.merge(scan_files(root, part, complexity_limit, should_stop, cache_path=cache_path))
-        return total
-    # Running chunks are abandoned on cancellation, not awaited; the merge below keeps the order of `parts`.
-    futures = [pool.submit(scan_files, root, part, complexity_limit, cache_path=cache_path) for part in parts]
-    pending: set[Future[Scanned]] = set(futures)
-    while pending:
-        _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-        if should_stop():
-            for future in pending:
-                future.cancel()
-            raise Cancelled()
-        progress("scan", 40 + 45 * (len(futures) - len(pending)) // max(len(futures), 1))
+        return total, paths
+    futures: list[Future[Scanned]] = []
+
+    def submit(part: list[Item]) -> None:
+        futures.append(pool.submit(scan_files, root, part, complexity_limit, cache_path=cache_path))
+
+    # Running chunks are abandoned on cancellation, not awaited; the merge below keeps the order of submission.
+    try:
+        items, paths = plan(src, should_stop, inventory_skipped, early=submit)
+        for part in chunks(items):
+            submit(part)
+        pending: set[Future[Scanned]] = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            if should_stop():
+                raise Cancelled()
+            progress("scan", 40 + 45 * (len(futures) - len(pending)) // max(len(futures), 1))
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
     for future in futures:
         total.merge(future.result())
-    return total
+    return total, paths
 
 
 def analyse(
@@ -321,11 +355,12 @@ def analyse(
 
     started = step("scan", 40)
     inventory_skipped: dict[str, int] = {}
-    items, paths = plan(src, should_stop, inventory_skipped)
     cache = ParseCache(os.path.join(cache_dir, CACHE_FILE)) if cache_dir else None
     cache_path = cache.path if cache is not None and cache.prepare() else None
     try:
-        scanned = _scan(src, items, gate["max_function_complexity"], pool, should_stop, progress, cache_path)
+        scanned, paths = _scan(
+            src, gate["max_function_complexity"], pool, should_stop, progress, cache_path, inventory_skipped
+        )
         if cache is not None:
             cache.trim(cache_max_entries)
     finally:

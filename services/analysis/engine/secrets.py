@@ -136,7 +136,15 @@ _KEY_NAME = (
     r"(?i:(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|auth[_-]?key"
     r"|private[_-]?key|credential)[A-Za-z0-9_.-]*)"
 )
-_GENERIC_KEYWORDS = ("password", "passwd", "secret", "token", "key", "credential")
+# Every spelling `_KEY_NAME` admits, so that only lines that can match are tried (a bare "key" is on most lines).
+_GENERIC_KEYWORDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "credential",
+    *(f"{word}{sep}key" for word in ("api", "access", "auth", "private") for sep in ("", "_", "-")),
+)
 # Configuration files, where values are often written unquoted: dotenv, INI, properties, YAML, TOML.
 CONFIG_PATHS = re.compile(r"(?:^|.*/)(?:\.env[^/]*|[^/]*\.(?:env|ini|cfg|conf|properties|ya?ml|toml))", re.IGNORECASE)
 

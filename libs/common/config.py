@@ -185,6 +185,9 @@ class GrpcServiceSettings(CommonSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     grpc_max_concurrent_rpcs: int = Field(default=256, ge=1, description="RPCs served at once before queueing")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Time in-flight RPCs get on SIGTERM")
+    grpc_max_connection_age_s: float = Field(
+        default=300.0, ge=1, description="Clients are made to reconnect (and find new pods) after this long"
+    )
     outbox_poll_interval_s: float = Field(default=0.5, gt=0, description="Outbox relay poll when idle")
     consumer_max_deliver: int = Field(default=5, ge=1, description="Deliveries of one event before dead-letter")
     consumer_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver an unacked event after")

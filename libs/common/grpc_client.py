@@ -21,7 +21,12 @@ _FALLBACK = {
 
 
 def open_channel(target: str) -> grpc.aio.Channel:
-    """A persistent channel; keepalive finds dead peers, reconnect backoff stays short for restarts."""
+    """A persistent channel; keepalive finds dead peers, reconnect backoff stays short for restarts.
+
+    Calls are spread round-robin over every address the target resolves to. In a cluster the targets are
+    `dns:///<headless service>:<port>`, which resolves to every ready pod: one HTTP/2 connection to a Service's
+    single virtual IP would pin all of a client's calls to whichever pod it first reached. The servers close
+    connections after `GRPC_MAX_CONNECTION_AGE_S`, so a client resolves again and finds pods added since."""
     return grpc.aio.insecure_channel(
         target,
         options=[
@@ -29,6 +34,7 @@ def open_channel(target: str) -> grpc.aio.Channel:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            ("grpc.lb_policy_name", "round_robin"),
         ],
         interceptors=[ClientMetricsInterceptor()],
     )

@@ -87,6 +87,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
+def server_options(settings: GrpcServiceSettings) -> list[tuple[str, int]]:
+    """Channel options of our servers. Connections are closed after `grpc_max_connection_age_s` (in-flight calls
+    get `shutdown_grace_s` more), so that clients spread over pods resolve their targets again."""
+    age_ms = int(settings.grpc_max_connection_age_s * 1000)
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000)),
+    ]
+
+
 class GrpcServer:
     """A grpc.aio server with the standard health and reflection services.
 
@@ -99,7 +111,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[ServerMetricsInterceptor(), ServerInterceptor()],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+            options=server_options(settings),
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

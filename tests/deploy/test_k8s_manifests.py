@@ -158,8 +158,12 @@ def test_grpc_targets_name_the_services(overlay: str) -> None:
     objects = build(OVERLAYS[overlay])
     config = config_map(objects)
     for name in GRPC_SERVICES:
-        host, _, port = config[f"{name.upper()}_GRPC_TARGET"].rpartition(":")
+        target = config[f"{name.upper()}_GRPC_TARGET"]
+        # Every pod's address, for the clients' round-robin: a Service's one virtual IP would pin a connection.
+        assert target.startswith("dns:///"), target
+        host, _, port = target.removeprefix("dns:///").rpartition(":")
         service = named(objects, "Service", host)
+        assert service["spec"].get("clusterIP") == "None", f"{name}: the Service must be headless"
         assert [p["port"] for p in service["spec"]["ports"]] == [int(port)], f"{name}: target port is the Service's"
         assert service["spec"]["selector"]["app.kubernetes.io/component"] == name
 

@@ -308,6 +308,11 @@ class AnalysisSettings(GrpcServiceSettings):
     engine_processes: int = Field(
         default=2, ge=0, le=64, description="Processes a worker runs the engine's per-file steps on (0: in-thread)"
     )
+    health_stale_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker whose event loop has not run for this long answers 503 on /health/live",
+    )
     engine_cache_dir: str = Field(
         default="",
         description="Where a worker keeps what it measured of each file, by content, for later analyses (empty: off)",

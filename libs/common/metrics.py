@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import sqlalchemy as sa
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -281,6 +283,60 @@ def track_pool(engine: AsyncEngine, name: str) -> None:
 # ---------------------------------------------------------------------------------------------- exporter
 
 
+class Health:
+    """What `/health/live` and `/health/ready` on the metrics port answer, for a process with no API of its own to
+    probe (the worker). Live: the event loop ran its heartbeat within `stale_s` (a loop blocked by a stuck call
+    answers 503, so the orchestrator restarts the process, where `/metrics`, served from a thread, would still
+    answer). Ready: live, and `ready()` (the process's own test: connected, started) is true."""
+
+    def __init__(self, *, stale_s: float, ready: Callable[[], bool] = lambda: True):
+        self.stale_s = stale_s
+        self._ready = ready
+        self._beat = time.monotonic()
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    def live(self) -> bool:
+        return time.monotonic() - self._beat < self.stale_s
+
+    def ready(self) -> bool:
+        try:
+            return self.live() and bool(self._ready())
+        except Exception:
+            return False
+
+    async def run(self) -> None:
+        """Beats four times per `stale_s` (at most once a second), so only a stalled loop goes stale."""
+        interval_s = min(1.0, self.stale_s / 4)
+        while True:
+            self.beat()
+            await asyncio.sleep(interval_s)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds would drown the process's own log."""
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _app(health: Health | None) -> Callable[..., Iterable[bytes]]:
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if health is not None and path in ("/health/live", "/health/ready"):
+            ok = health.live() if path == "/health/live" else health.ready()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok\n" if ok else b"unavailable\n"]
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
 @dataclass
 class MetricsExporter:
     """The `/metrics` HTTP server of one process, on its own port: never the public API's port."""
@@ -297,8 +353,9 @@ class MetricsExporter:
         self.server.server_close()
 
 
-def start_exporter(settings: CommonSettings, *, process: str) -> MetricsExporter | None:
-    """Serves the default registry on `METRICS_HOST:METRICS_PORT` in a thread; None when `METRICS_PORT` is 0.
+def start_exporter(settings: CommonSettings, *, process: str, health: Health | None = None) -> MetricsExporter | None:
+    """Serves the default registry on `METRICS_HOST:METRICS_PORT` in a thread, and `/health/live` and
+    `/health/ready` when given a `health`; None when `METRICS_PORT` is 0.
 
     A port already taken (a second worker started by hand with the same environment) costs this process its
     metrics, loudly in the log, but never its work.
@@ -306,10 +363,18 @@ def start_exporter(settings: CommonSettings, *, process: str) -> MetricsExporter
     if not settings.metrics_port:
         return None
     try:
-        server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        server = make_server(
+            settings.metrics_host,
+            settings.metrics_port,
+            _app(health),
+            server_class=_ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
     except OSError as exc:
         log.error("metrics.unavailable", process=process, port=settings.metrics_port, error=error_text(exc))
         return None
+    thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
+    thread.start()
     exporter = MetricsExporter(server=server, thread=thread)
     log.info("metrics.serving", process=process, host=settings.metrics_host, port=exporter.port)
     return exporter
@@ -399,22 +464,28 @@ class ProcessMetrics:
     With `METRICS_PORT` 0 nothing is served and nothing is sampled, so embedded services cost no extra queries.
     """
 
-    def __init__(self, settings: CommonSettings, *, process: str):
+    def __init__(self, settings: CommonSettings, *, process: str, health: Health | None = None):
         self._settings = settings
         self._process = process
+        self._health = health
         self.sampler = Sampler(interval_s=settings.metrics_sample_interval_s)
         self.exporter: MetricsExporter | None = None
         self._sampling: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.exporter = start_exporter(self._settings, process=self._process)
+        self.exporter = start_exporter(self._settings, process=self._process, health=self._health)
+        loop = asyncio.get_running_loop()
         if self.exporter is not None and self.sampler.probes:
-            self._sampling = asyncio.get_running_loop().create_task(self.sampler.run(), name="metrics-sampler")
+            self._sampling = loop.create_task(self.sampler.run(), name="metrics-sampler")
+        if self.exporter is not None and self._health is not None:
+            self._beating = loop.create_task(self._health.run(), name="health-heartbeat")
 
     async def stop(self) -> None:
         self.sampler.stop()
-        if self._sampling is not None:
-            self._sampling.cancel()
-            await asyncio.gather(self._sampling, return_exceptions=True)
+        for task in (self._sampling, self._beating):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)

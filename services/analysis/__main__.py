@@ -158,7 +158,9 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         review=ReviewSettings.from_settings(settings),
     )
     relaying = asyncio.create_task(relay.run())
-    observed = metrics.ProcessMetrics(settings, process="analysis-worker")
+    # The worker serves no API: its probes ask the metrics port whether its loop runs and it is taking jobs.
+    health = metrics.Health(stale_s=settings.health_stale_s, ready=lambda: worker.started and nc.is_connected)
+    observed = metrics.ProcessMetrics(settings, process="analysis-worker", health=health)
     observed.sampler.watch_outbox(engine, repository.outbox)
     observed.sampler.watch_consumer(js, stream=JOBS_STREAM, durable=DURABLE, queue_depth=metrics.ANALYSIS_QUEUE_DEPTH)
     observed.start()

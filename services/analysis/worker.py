@@ -112,6 +112,7 @@ class Worker:
         self._engine_processes = engine_processes
         self._pool: ProcessPoolExecutor | None = None
         self._engine_cache_dir = engine_cache_dir
+        self.started = False  # taking jobs: bound to the stream, engine pool up
         self._engine_cache_max_entries = engine_cache_max_entries
         self._review = review or ReviewSettings()
 
@@ -136,6 +137,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 os.makedirs(self._engine_cache_dir, exist_ok=True)
         log.info("worker.started", concurrency=self._concurrency, engine_processes=self._engine_processes)
+        self.started = True
         while not stop.is_set():
             free = self._concurrency - len(self._running)
             if free <= 0:
@@ -153,6 +155,7 @@ class Worker:
                 task = asyncio.create_task(self.handle(message))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+        self.started = False  # draining: no longer ready for jobs
         # Let running analyses finish; jobs not acked by then are redelivered to another worker.
         if self._running:
             await asyncio.wait(self._running, timeout=30)

@@ -71,7 +71,7 @@ def test_healthchecks_probe_what_the_processes_serve(compose: dict[str, Any]) ->
     assert gateway_port == GatewaySettings.model_fields["http_port"].default
     assert services["gateway"]["healthcheck"]["test"][-1] == f"http://127.0.0.1:{gateway_port}/health/ready"
     metrics_port = int(services["worker"]["environment"]["METRICS_PORT"])
-    assert services["worker"]["healthcheck"]["test"][-1] == f"http://127.0.0.1:{metrics_port}/metrics"
+    assert services["worker"]["healthcheck"]["test"][-1] == f"http://127.0.0.1:{metrics_port}/health/ready"
     for name in APP:
         environment = services[name]["environment"]
         assert environment["GRPC_HOST"] == environment["HTTP_HOST"] == "0.0.0.0", name

@@ -202,9 +202,10 @@ def test_worker_probes_its_metrics_server(overlay: str) -> None:
     port = effective(SETTINGS["worker"], "metrics_port", env)
     assert port, "METRICS_PORT must be set: the worker's probes use its metrics server"
     assert effective(SETTINGS["worker"], "metrics_host", env) == "0.0.0.0"
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+    paths = {"startupProbe": "/health/ready", "readinessProbe": "/health/ready", "livenessProbe": "/health/live"}
+    for kind, path in paths.items():
         probe = container[kind]["httpGet"]
-        assert probe["path"] == "/metrics"
+        assert probe["path"] == path, kind
         assert container_port(container, probe["port"]) == port
 
 

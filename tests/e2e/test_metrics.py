@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.devstack.stack import SERVICES, Stack
+from libs.devstack.stack import SERVICES, WORKER, Stack
 from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import PASSWORD, error_code, expect, ready_for_analysis, register
 
@@ -371,3 +371,11 @@ def test_rules_and_dashboard_use_only_metrics_the_processes_expose(flow: Flow) -
     missing = {name: where for name, where in used.items() if name not in exposed}
     assert not missing, missing
     assert any(name.startswith("repolens_") for name in used)
+
+
+def test_the_worker_answers_its_probes_on_the_metrics_port(stack: Stack) -> None:
+    """The worker serves no API: its orchestrator asks the metrics port whether it is live and taking jobs."""
+    base = stack.metrics_url(WORKER).removesuffix("/metrics")
+    for path in ("/health/live", "/health/ready"):
+        answer = httpx.get(base + path, timeout=5)
+        assert answer.status_code == 200, (path, answer.text)

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 # Development-only master key (32 zero-ish bytes, base64). Production refuses it.
 DEVELOPMENT_MASTER_KEY = base64.b64encode(b"repolens-development-master-key!").decode()
@@ -22,14 +22,21 @@ class Environment(StrEnum):
 
 
 class _SecretFileSource(PydanticBaseSettingsSource):
-    """Reads `NAME_FILE` (a path) for any field, the way Kubernetes secrets are mounted."""
+    """Reads `NAME_FILE` (a path) for any field, the way Kubernetes secrets are mounted; a field holding a mapping
+    or a list (`INTERNAL_SERVICE_TOKENS`) reads the file as JSON, as it would read the variable."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         path = os.environ.get(f"{field_name.upper()}_FILE")
         if not path:
             return None, field_name, False
         with open(path, encoding="utf-8") as handle:
-            return handle.read().strip(), field_name, False
+            value: Any = handle.read().strip()
+        if self.field_is_complex(field):
+            try:
+                value = self.decode_complex_value(field_name, field, value)
+            except ValueError as exc:  # the message names the file, never its content (a secret)
+                raise SettingsError(f"{field_name.upper()}_FILE does not hold JSON") from exc
+        return value, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from libs.common.config import AuthSettings, CommonSettings, GatewaySettings
+from libs.common.config import AuthSettings, CommonSettings, GatewaySettings, TenantsSettings
 
 
 def test_production_refuses_the_development_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +67,6 @@ def test_other_database_schemes_are_refused(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_production_refuses_tenants_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    from libs.common.config import TenantsSettings
 
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
@@ -80,6 +80,24 @@ def test_production_refuses_tenants_defaults(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TENANTS_MASTER_KEY", base64.b64encode(bytes(range(32))).decode())
     monkeypatch.setenv("INTERNAL_SERVICE_TOKENS", '{"analysis": "' + "s" * 40 + '"}')
     assert TenantsSettings().internal_service_tokens["analysis"].get_secret_value() == "s" * 40
+
+
+def test_a_mapping_setting_is_read_as_json_from_its_secret_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("INTERNAL_SERVICE_TOKENS", raising=False)
+    secret = tmp_path / "internal-service-tokens"
+    secret.write_text('{"analysis": "' + "f" * 40 + '", "reports": "' + "g" * 40 + '"}\n')
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKENS_FILE", str(secret))
+    tokens = TenantsSettings().internal_service_tokens
+    assert {name: token.get_secret_value() for name, token in tokens.items()} == {
+        "analysis": "f" * 40,
+        "reports": "g" * 40,
+    }
+    secret.write_text("not json")
+    with pytest.raises(SettingsError, match="INTERNAL_SERVICE_TOKENS_FILE does not hold JSON") as caught:
+        TenantsSettings()
+    assert "not json" not in str(caught.value)
 
 
 def test_production_refuses_local_repositories_and_the_development_service_token(

@@ -6,7 +6,7 @@ import base64
 import binascii
 import os
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
@@ -49,6 +49,8 @@ class _SecretFileSource(PydanticBaseSettingsSource):
 
 class CommonSettings(BaseSettings):
     """What every process needs: environment, logging, PostgreSQL, NATS, token checks."""
+
+    uses_database: ClassVar[bool] = True  # production insists on a DATABASE_URL
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
@@ -178,7 +180,7 @@ class CommonSettings(BaseSettings):
     def production_problems(self) -> list[str]:
         """Reasons this configuration is unfit for production; subclasses add their own."""
         problems = []
-        if "DATABASE_URL" not in os.environ and "DATABASE_URL_FILE" not in os.environ:
+        if self.uses_database and "DATABASE_URL" not in os.environ and "DATABASE_URL_FILE" not in os.environ:
             problems.append("DATABASE_URL is not set")
         if "NATS_URL" not in os.environ and "NATS_URL_FILE" not in os.environ:
             problems.append("NATS_URL is not set")
@@ -359,6 +361,8 @@ class AnalysisSettings(GrpcServiceSettings):
 
 class GatewaySettings(CommonSettings):
     """The public HTTP gateway."""
+
+    uses_database: ClassVar[bool] = False  # it forwards over gRPC: no database URL, so no credential to leak
 
     http_host: str = Field(default="127.0.0.1", description="Address the gateway binds")
     http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")

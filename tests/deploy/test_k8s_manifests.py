@@ -429,6 +429,23 @@ def test_secrets_only_referenced(name: str) -> None:
                     assert item["value"].startswith("/var/run/secrets/repolens/"), f"{key}: a mounted Secret"
 
 
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_gateway_holds_no_database_credential(overlay: str) -> None:
+    """The public process forwards over gRPC: it gets no database URL, and no Secret that holds one."""
+    objects = build(OVERLAYS[overlay])
+    for gateway in (d for d in deployments(objects) if component(d) == "gateway"):
+        container = main_container(gateway)
+        names = set(container_env(objects, container)) | {item["name"] for item in container.get("env", [])}
+        assert not {name for name in names if name.startswith("DATABASE_URL")}
+        mounted = {
+            source["secret"]["name"]
+            for volume in pod_spec(gateway)["volumes"]
+            for source in volume.get("projected", {}).get("sources", [])
+            if "secret" in source
+        }
+        assert "repolens-database" not in mounted
+
+
 def _fake_secret(key: str) -> str:
     if "master-key" in key:
         return base64.b64encode(secrets.token_bytes(32)).decode()

@@ -23,8 +23,13 @@ def test_production_refuses_missing_urls(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("NATS_URL", raising=False)
-    with pytest.raises(ValidationError, match="DATABASE_URL is not set"):
+    with pytest.raises(ValidationError, match="DATABASE_URL is not set") as caught:
+        AuthSettings()
+    assert "NATS_URL is not set" in str(caught.value)
+    # The gateway has no database: only NATS is missing for it.
+    with pytest.raises(ValidationError, match="NATS_URL is not set") as caught:
         GatewaySettings()
+    assert "DATABASE_URL" not in str(caught.value)
 
 
 def test_production_accepts_a_real_key_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

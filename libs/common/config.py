@@ -51,6 +51,7 @@ class CommonSettings(BaseSettings):
     """What every process needs: environment, logging, PostgreSQL, NATS, token checks."""
 
     uses_database: ClassVar[bool] = True  # production insists on a DATABASE_URL
+    uses_nats: ClassVar[bool] = True  # and on a NATS_URL
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
@@ -182,13 +183,24 @@ class CommonSettings(BaseSettings):
         problems = []
         if self.uses_database and "DATABASE_URL" not in os.environ and "DATABASE_URL_FILE" not in os.environ:
             problems.append("DATABASE_URL is not set")
-        if "NATS_URL" not in os.environ and "NATS_URL_FILE" not in os.environ:
+        if self.uses_nats and "NATS_URL" not in os.environ and "NATS_URL_FILE" not in os.environ:
             problems.append("NATS_URL is not set")
         return problems
 
 
+class MigrationSettings(CommonSettings):
+    """What a service's `migrate` command reads: the database, logging and tracing; none of the service's keys or
+    tokens, so the migration Job is given none of them."""
+
+    uses_nats: ClassVar[bool] = False
+
+    migration_parallelism: int = Field(default=4, ge=1, le=32, description="Tenant schemas migrated at once")
+
+
 class GrpcServiceSettings(CommonSettings):
     """A gRPC service process."""
+
+    uses_nats: ClassVar[bool] = True  # ahead of MigrationSettings in AnalysisSettings' bases
 
     grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
@@ -288,7 +300,7 @@ class TenantsSettings(GrpcServiceSettings):
         return problems
 
 
-class AnalysisSettings(GrpcServiceSettings):
+class AnalysisSettings(GrpcServiceSettings, MigrationSettings):
     """The analysis service and its workers."""
 
     grpc_port: int = Field(default=50053, ge=0, le=65535, description="gRPC port (0 picks a free one)")
@@ -313,7 +325,6 @@ class AnalysisSettings(GrpcServiceSettings):
         default=1000, ge=1, le=100_000, description="Commits of history fetched and read for churn, at most"
     )
     work_dir: str = Field(default="", description="Where clones go (default: the system temp dir)")
-    migration_parallelism: int = Field(default=4, ge=1, le=32, description="Tenant schemas migrated at once")
     engine_processes: int = Field(
         default=2, ge=0, le=64, description="Processes a worker runs the engine's per-file steps on (0: in-thread)"
     )

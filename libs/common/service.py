@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.common import metrics, migrations
-from libs.common.config import GrpcServiceSettings
+from libs.common.config import CommonSettings, GrpcServiceSettings
 from libs.common.consumer import EventConsumer, Handler
 from libs.common.db import create_engine, database_is_up, wait_for_database
 from libs.common.events import EVENTS_STREAM, connect_nats, ensure_streams
@@ -137,7 +137,7 @@ async def _forward(stop: asyncio.Event, server: GrpcServer) -> None:
     server.request_stop()
 
 
-def migrate(spec: ServiceSpec, settings: GrpcServiceSettings, args: argparse.Namespace) -> None:
+def migrate(spec: ServiceSpec, settings: CommonSettings, args: argparse.Namespace) -> None:
     config = migrations.alembic_config(
         script_location=spec.migrations, schema=spec.schema, sqlalchemy_url=settings.sqlalchemy_url
     )

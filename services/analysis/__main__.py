@@ -13,7 +13,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.common import metrics, migrations
-from libs.common.config import AnalysisSettings
+from libs.common.config import AnalysisSettings, MigrationSettings
 from libs.common.db import create_engine, wait_for_database
 from libs.common.error_reporting import configure_error_reporting
 from libs.common.events import connect_nats, ensure_streams
@@ -188,18 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--tenant", help="only this tenant's schema (up: provisions it if missing)")
     migrate.add_argument("--scope", choices=["tenant", "service"], default="tenant", help="down: which scope")
     args = parser.parse_args(argv)
-    settings = AnalysisSettings()
+    # `migrate` reads only the database settings: the migration Job holds none of the service's keys.
+    settings = MigrationSettings() if args.command == "migrate" else AnalysisSettings()
     service = "analysis-worker" if args.command == "worker" else "analysis"
     configure_logging(settings, service=service)
     configure_tracing(settings, service=service)
     configure_error_reporting(settings, service=service)
+    if args.command == "migrate":
+        return tenant_migrations.migrate_command(settings, args)
+    assert isinstance(settings, AnalysisSettings)
     if args.command == "serve":
         run_async(serve_analysis(settings))
         return 0
-    if args.command == "worker":
-        run_async(run_worker(settings))
-        return 0
-    return tenant_migrations.migrate_command(settings, args)
+    run_async(run_worker(settings))
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from libs.common import migrations
-from libs.common.config import AnalysisSettings
+from libs.common.config import MigrationSettings
 from libs.common.logging import get_logger
 from services.analysis.domain import SERVICE_SCHEMA, tenant_schema
 from services.analysis.use_cases import SERVICE_MIGRATIONS, TENANT_MIGRATIONS, upgrade_tenant_schema
@@ -21,7 +21,7 @@ from services.analysis.use_cases import SERVICE_MIGRATIONS, TENANT_MIGRATIONS, u
 log = get_logger(__name__)
 
 
-def _sync_engine(settings: AnalysisSettings) -> sa.Engine:
+def _sync_engine(settings: MigrationSettings) -> sa.Engine:
     return sa.create_engine(
         settings.sqlalchemy_url, pool_size=settings.migration_parallelism, max_overflow=0, pool_pre_ping=True
     )
@@ -72,7 +72,7 @@ def _migrate_chunk(database_url: str, tenant_ids: list[uuid.UUID]) -> list[tuple
     return failed
 
 
-def _migrate_tenants(settings: AnalysisSettings, tenant_ids: list[uuid.UUID]) -> int:
+def _migrate_tenants(settings: MigrationSettings, tenant_ids: list[uuid.UUID]) -> int:
     """Every tenant schema to head, `migration_parallelism` processes at a time; each schema is its own
     transaction, so a crash leaves each one migrated or untouched and a rerun finishes the rest."""
     if not tenant_ids:
@@ -96,7 +96,7 @@ def _tenant_ids(engine: sa.Engine, only: str | None) -> list[uuid.UUID]:
         return [row[0] for row in conn.execute(sa.text("SELECT tenant_id FROM analysis.tenant_schemas ORDER BY 1"))]
 
 
-def migrate_command(settings: AnalysisSettings, args: argparse.Namespace) -> int:
+def migrate_command(settings: MigrationSettings, args: argparse.Namespace) -> int:
     service_config = migrations.alembic_config(
         script_location=SERVICE_MIGRATIONS, schema=SERVICE_SCHEMA, sqlalchemy_url=settings.sqlalchemy_url
     )

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from libs.common.config import AuthSettings, decode_master_key
+from libs.common.config import AuthSettings, MigrationSettings, decode_master_key
 from libs.common.db import create_engine
 from libs.common.error_reporting import configure_error_reporting
 from libs.common.errors import AppError
@@ -142,15 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     users.add_argument("username")
     args = parser.parse_args(argv)
 
-    settings = AuthSettings()
+    settings = MigrationSettings() if args.command == "migrate" else AuthSettings()
     configure_logging(settings, service="auth")
     configure_tracing(settings, service="auth")
     configure_error_reporting(settings, service="auth")
-    if args.command == "serve":
-        run_async(serve_auth(settings))
-        return 0
     if args.command == "migrate":
         migrate(SPEC, settings, args)
+        return 0
+    assert isinstance(settings, AuthSettings)
+    if args.command == "serve":
+        run_async(serve_auth(settings))
         return 0
     if args.command == "keys" and args.action == "reseal" and not args.old_master_key_file:
         parser.error("keys reseal needs --old-master-key-file")

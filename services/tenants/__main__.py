@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.common.config import TenantsSettings, decode_master_key
+from libs.common.config import MigrationSettings, TenantsSettings, decode_master_key
 from libs.common.db import create_engine
 from libs.common.error_reporting import configure_error_reporting
 from libs.common.grpc_client import open_channel
@@ -102,14 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("action", choices=["rewrap"])
     keys.add_argument("--old-master-key-file", required=True, help="file holding the previous TENANTS_MASTER_KEY")
     args = parser.parse_args(argv)
-    settings = TenantsSettings()
+    # `migrate` reads only the database settings: the migration Job holds none of the service's keys.
+    settings = MigrationSettings() if args.command == "migrate" else TenantsSettings()
     configure_logging(settings, service="tenants")
     configure_tracing(settings, service="tenants")
     configure_error_reporting(settings, service="tenants")
+    if args.command == "migrate":
+        migrate(SPEC, settings, args)
+        return 0
+    assert isinstance(settings, TenantsSettings)
     if args.command == "serve":
         run_async(serve_tenants(settings))
-    elif args.command == "migrate":
-        migrate(SPEC, settings, args)
     else:
         count = asyncio.run(_rewrap(settings, args.old_master_key_file))
         print(f"rewrapped {count} tenant data keys under the current TENANTS_MASTER_KEY")

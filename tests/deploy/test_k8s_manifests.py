@@ -17,7 +17,7 @@ import pytest
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from gateway.routes import health
-from libs.common.config import CommonSettings, GatewaySettings, GrpcServiceSettings
+from libs.common.config import CommonSettings, GatewaySettings, GrpcServiceSettings, MigrationSettings
 from services.analysis.domain import JOBS_STREAM
 from tests.deploy.manifests import (
     COMPONENTS,
@@ -490,8 +490,8 @@ def test_every_process_accepts_its_production_configuration(
     for deployment in deployments(objects):
         checked.append((deployment["metadata"]["name"], SETTINGS[component(deployment)]))
     (job,) = of_kind(build(MIGRATIONS[MIGRATION_OF[overlay]]), "Job")
-    # The migration Job runs the three services' `migrate` commands, each building its service's settings.
-    checked += [(job["metadata"]["name"], SETTINGS[name]) for name in GRPC_SERVICES]
+    # The migration Job runs the three services' `migrate` commands, which read MigrationSettings.
+    checked.append((job["metadata"]["name"], MigrationSettings))
     for name, cls in checked:
         source = objects if not name.startswith("migrate-") else build(MIGRATIONS[MIGRATION_OF[overlay]])
         workload = next(w for w in workloads(source) if w["metadata"]["name"] == name)
@@ -509,10 +509,19 @@ def test_every_process_accepts_its_production_configuration(
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_migration_job_reaches_the_same_nats(overlay: str) -> None:
+def test_migration_job_holds_only_the_database_secret(overlay: str) -> None:
+    """Migrations need the database and nothing else: no master key or service token is mounted in the Job."""
     (job,) = of_kind(build(MIGRATIONS[MIGRATION_OF[overlay]]), "Job")
-    env = {item["name"]: item.get("value") for item in main_container(job)["env"]}
-    assert env["NATS_URL"] == config_map(build(OVERLAYS[overlay]))["NATS_URL"]
+    mounted = {
+        (source["secret"]["name"], item["key"])
+        for volume in pod_spec(job)["volumes"]
+        for source in volume.get("projected", {}).get("sources", [])
+        if "secret" in source
+        for item in source["secret"]["items"]
+    }
+    assert mounted == {("repolens-database", "url")}
+    names = {item["name"] for item in main_container(job)["env"]}
+    assert not names & (secret_settings() | {f"{name}_FILE" for name in secret_settings()})
 
 
 # ---------------------------------------------------------------------------------------------------- network, ingress

@@ -129,6 +129,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         docs_url=None,  # install_docs serves it, with its own Content-Security-Policy
         redoc_url=None,
         debug=settings.debug,
+        # FastAPI's own OpenTelemetry hooks switch on once a tracer provider is installed (ours always is): spans
+        # per dependency and serialisation, a uuid4 per request, metrics and logs we already have from our own
+        # middleware (gateway/tracing.py, gateway/metrics.py). They are off; our spans and metrics stay.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
     rate_limits = install_rate_limits(app, settings)

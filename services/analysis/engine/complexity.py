@@ -344,7 +344,8 @@ _QUERIES: dict[str, tuple[Language, Query]] = {}
 _LOCAL = threading.local()
 
 
-def _grammar_for(path: str, language: str) -> str | None:
+def grammar_for(path: str, language: str) -> str | None:
+    """The grammar this step parses a file in `language` (an inventory language name) with, or None."""
     if language == "TypeScript" and path.lower().endswith(".tsx"):
         return "TSX"
     return language if language in _SPECS else None
@@ -366,15 +367,10 @@ def _tools(grammar: str) -> tuple[Parser, Query]:
     return parser, entry[1]
 
 
-def grammar_for(path: str, language: str) -> str | None:
-    """The grammar this step parses a file in `language` (an inventory language name) with, or None."""
-    return _grammar_for(path, language)
-
-
 def parser_for(path: str, language: str) -> Parser | None:
     """The parser this step uses for a file in `language` (an inventory language name), or None without a grammar;
     for measuring the parse alone (`bench/parse_floor.py`)."""
-    grammar = _grammar_for(path, language)
+    grammar = grammar_for(path, language)
     return _tools(grammar)[0] if grammar is not None else None
 
 
@@ -482,7 +478,7 @@ def _is_wildcard(node: Node) -> bool:
 def measure_file(path: str, data: bytes, language: str) -> list[FunctionMetrics]:
     """The functions of one file. `language` is an inventory language name; others give an empty list. Never
     raises for bad input: tree-sitter recovers from syntax errors, and what it makes of them is measured."""
-    grammar = _grammar_for(path, language)
+    grammar = grammar_for(path, language)
     return _measure(path, data, grammar)[0] if grammar is not None else []
 
 
@@ -584,7 +580,7 @@ def complexity(
             raise Cancelled
         full = os.path.join(root_str, rel)
         data: bytes | str = "unsupported"
-        if _grammar_for(rel, language) is not None:
+        if grammar_for(rel, language) is not None:
             try:
                 if os.stat(full).st_size > max_file_bytes:
                     data = "too_large"
@@ -605,7 +601,7 @@ def measure_into(
     file's code, comment and blank lines when it was parsed (from the syntax tree's comments: the inventory
     need not count them again), else None."""
     reason = data if isinstance(data, str) else None
-    grammar = _grammar_for(rel, language)
+    grammar = grammar_for(rel, language)
     if grammar is None:
         reason = "unsupported"
     elif isinstance(data, bytes) and len(data) > max_file_bytes:

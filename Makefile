@@ -78,7 +78,7 @@ config-doc: install
 	$(PY) -m libs.common.config_doc > docs/configuration.md
 
 bench: install
-	$(PY) bench/auth_me.py
+	$(PY) bench/read_path.py
 
 ## backup: pg_dump every service and tenant schema (DATABASE_URL, else make run's) into BACKUP_DIR (backups/<time>)
 backup: install

@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repolens.tenants.v1 import tenants_pb2
 from services.analysis.engine.pipeline import analyse, start_pool
 
-GATE = {"max_function_complexity": 15, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1000}
+GATE = tenants_pb2.QualityGate(max_function_complexity=15, max_high_findings=0, max_secrets=0, max_file_lines=1000)
 
 
 def _ours(

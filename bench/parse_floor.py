@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.analysis.engine.complexity import SUPPORTED_LANGUAGES, parser_for
 from services.analysis.engine.inventory import read
-from services.analysis.engine.pipeline import MAX_FILE_BYTES, STEP_MAX_FILE_BYTES, plan
+from services.analysis.engine.scan import MAX_FILE_BYTES, STEP_MAX_FILE_BYTES, plan
 
 
 def main() -> int:

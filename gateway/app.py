@@ -11,21 +11,19 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 
 from gateway.deps import Backends
-from gateway.edge import EdgeLimitsMiddleware, SecuredFastAPI, install_cors_and_proxies, install_docs
+from gateway.edge import SecuredFastAPI, install_cors_and_proxies, install_docs
 from gateway.errors import install_error_handlers
-from gateway.metrics import HttpMetricsMiddleware
-from gateway.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from gateway.middleware import RequestMiddleware
 from gateway.ratelimit import install_rate_limits
+from gateway.route_index import add_routes
 from gateway.routes import analysis, auth, health, tenants
 from gateway.routes import settings as settings_routes
-from gateway.tracing import TracingMiddleware
 from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
-from libs.common.jwks import grpc_jwks_fetcher
+from libs.common.identity import revocation_feed, token_verifier
 from libs.common.logging import error_text
 from libs.common.revocation import RevocationFeed, RevocationList
-from libs.common.tokens import TokenVerifier
 from repolens.analysis.v1 import analysis_pb2_grpc
 from repolens.auth.v1 import auth_pb2_grpc
 from repolens.tenants.v1 import tenants_pb2_grpc
@@ -56,8 +54,7 @@ async def _follow_revocations(settings: GatewaySettings, revocations: Revocation
                 nc = await connect_nats(settings, name="gateway")
                 js = nc.jetstream(timeout=settings.nats_request_timeout_s)
                 await ensure_streams(js)
-                feed = RevocationFeed(js=js, revocations=revocations, access_token_ttl_s=settings.access_token_ttl_s)
-                await feed.start()
+                feed = await revocation_feed(settings, js=js, revocations=revocations)
                 log.info("revocations.following")
             except asyncio.CancelledError:
                 raise
@@ -85,13 +82,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         tenants_channel = open_channel(settings.tenants_grpc_target)
         analysis_channel = open_channel(settings.analysis_grpc_target)
         revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
-        verifier = TokenVerifier(
-            fetch_jwks=grpc_jwks_fetcher(auth_channel, deadline_s=settings.grpc_deadline_s),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            cache_ttl_s=settings.jwks_cache_ttl_s,
-            refresh_min_interval_s=settings.jwks_refresh_min_interval_s,
-        )
+        verifier = token_verifier(settings, auth_channel)
         app.state.backends = Backends(
             settings=settings,
             auth_channel=auth_channel,
@@ -104,6 +95,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             revocations=revocations,
         )
         follower = asyncio.create_task(_follow_revocations(settings, revocations))
+        flusher = asyncio.create_task(rate_limits.api.run(rate_limits.flush_interval_s))
         try:
             await verifier.refresh()
         except Exception as exc:  # auth not up yet: readiness says so, and the first request retries
@@ -113,7 +105,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            flusher.cancel()
+            await asyncio.gather(follower, flusher, return_exceptions=True)
             await auth_channel.close()
             await tenants_channel.close()
             await analysis_channel.close()
@@ -131,28 +124,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         debug=settings.debug,
         # FastAPI's own OpenTelemetry hooks switch on once a tracer provider is installed (ours always is): spans
         # per dependency and serialisation, a uuid4 per request, metrics and logs we already have from our own
-        # middleware (gateway/tracing.py, gateway/metrics.py). They are off; our spans and metrics stay.
+        # middleware (gateway/middleware.py). They are off; our spans and metrics stay.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
     rate_limits = install_rate_limits(app, settings)
     install_docs(app)
-    app.include_router(auth.router)
-    app.include_router(tenants.router)
-    app.include_router(settings_routes.router)
-    app.include_router(analysis.router)
-    app.include_router(health.router)
-    # Outermost last: the request id exists before the limits answer.
-    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+    add_routes(app, [auth.router, tenants.router, settings_routes.router, analysis.router, health.router])
+    # One pass per request (span, request id, access log, edge limits), wrapped by CORS and the proxy headers so
+    # that its refusals carry the CORS grant; the security headers and metrics wrap everything (SecuredFastAPI).
     app.add_middleware(
-        EdgeLimitsMiddleware,
+        RequestMiddleware,
         allowed_hosts=settings.allowed_hosts,
         max_url_bytes=settings.max_url_bytes,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
+        max_body_bytes=settings.max_body_bytes,
+        access_log_sample_rate=settings.access_log_sample_rate,
+        access_log_slow_ms=settings.access_log_slow_ms,
     )
-    app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(TracingMiddleware)  # outside the request id's: its access log line has the trace id
     install_cors_and_proxies(app, settings)
-    app.add_middleware(HttpMetricsMiddleware)  # outermost of all: times and counts every answer
     return app

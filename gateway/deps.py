@@ -10,10 +10,10 @@ import structlog
 from fastapi import Depends, Request
 
 from gateway.ratelimit import rate_limits
-from libs.common import tracing
 from libs.common.config import GatewaySettings
-from libs.common.grpc_client import error_from_rpc
+from libs.common.grpc_client import call
 from libs.common.grpc_server import REQUEST_ID_KEY
+from libs.common.identity import SERVICE_TOKEN_KEY
 from libs.common.revocation import RevocationList
 from libs.common.tokens import AccessClaims, TokenVerifier, bearer_token
 from repolens.analysis.v1 import analysis_pb2_grpc
@@ -42,16 +42,16 @@ class Backends:
         *,
         request: Request,
         token: str | None = None,
+        as_gateway: bool = False,
     ) -> Any:
-        """One RPC with the deadline, the request id and (when acting for a user) the bearer token."""
+        """One RPC with the deadline, the request id and the bearer token when acting for a user, or the gateway's
+        own credential for the calls made before a user has a token (register, login, refresh, logout)."""
         metadata = [(REQUEST_ID_KEY, request.state.request_id)]
         if token is not None:
             metadata.append(("authorization", f"Bearer {token}"))
-        try:
-            with tracing.outgoing_rpc(method, metadata):
-                return await method(message, timeout=self.settings.grpc_deadline_s, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
+        if as_gateway:
+            metadata.append((SERVICE_TOKEN_KEY, self.settings.service_token.get_secret_value()))
+        return await call(method, message, deadline_s=self.settings.grpc_deadline_s, metadata=metadata)
 
 
 async def get_backends(request: Request) -> Backends:
@@ -75,8 +75,7 @@ async def current_caller(request: Request, backends: BackendsDep) -> Caller:
     backends.revocations.check(claims)
     structlog.contextvars.bind_contextvars(tenant_id=str(claims.tenant_id), user_id=str(claims.user_id))
     # Per user, not per token: logging in again must not buy a fresh allowance.
-    limits = rate_limits(request)
-    await limits.acquire(limits.api, str(claims.user_id))
+    await rate_limits(request).count_request(str(claims.user_id))
     return Caller(claims=claims, token=token)
 
 

@@ -5,6 +5,19 @@ The lock lives here rather than in the auth service: the gateway refuses before 
 computed (an attacker cannot spend the auth service's CPU), it counts a username without knowing whether
 it exists (so the lock itself reveals nothing), Redis expires the counters by itself, and a failed login
 costs no database write. docs/architecture.md ("Rate limits") has the whole reasoning.
+
+The lock is taken, not merely looked at: a login attempt takes a place in its username's lock before the
+password is checked, in one step that checks every tier and adds the attempt only if all have room (a Lua
+script on Redis; code with no await in memory, which asyncio cannot interleave). Looking first and counting
+the failure afterwards let every guess sent at once see room before the first failure was counted. The place
+is given back when auth answers anything but a wrong password, so counted attempts are failures (and the
+attempts in flight): a success leaves the user's count where it was, and never clears it, which would hand
+an attacker a fresh allowance each time the real user logs in.
+
+Why our own script rather than the `limits` package's moving window (its `hit` is atomic too): `hit` counts
+one tier at a time, so an attempt refused by a later tier stays counted in the earlier ones, and `limits` can
+only `clear` a whole window, not remove one attempt from it, so giving back a success's place would erase
+the attacker's failures with it. One sorted set per username (attempt id -> time) does both exactly.
 """
 
 from __future__ import annotations
@@ -13,22 +26,24 @@ import contextlib
 import hashlib
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
-from redis.asyncio import ConnectionPool
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import error_response
+from gateway.request_limit import RequestCounter
 from libs.common import errors, metrics
 from libs.common.config import GatewaySettings
 from libs.common.errors import AppError, ErrorSpec
@@ -53,23 +68,16 @@ class RateLimitedError(AppError):
 
 @dataclass(frozen=True)
 class Rule:
-    """A named limit: one or more tiers ("5/minute;20/hour"), all of which must have room."""
+    """A named limit of a rare, sensitive action: one or more tiers ("5/minute;20/hour"), all of which must have
+    room, counted in exact moving windows."""
 
     name: str
     tiers: tuple[RateLimitItem, ...]
-    # Moving windows are exact (login, registration); sliding window counters cost two keys (the busy API limit).
-    strategy: Literal["moving", "sliding"]
     refusal: ErrorSpec = errors.RATE_LIMITED
 
     @classmethod
-    def parse(
-        cls,
-        name: str,
-        text: str,
-        strategy: Literal["moving", "sliding"] = "moving",
-        refusal: ErrorSpec = errors.RATE_LIMITED,
-    ) -> Rule:
-        return cls(name, tuple(parse_many(text)), strategy, refusal)
+    def parse(cls, name: str, text: str, refusal: ErrorSpec = errors.RATE_LIMITED) -> Rule:
+        return cls(name, tuple(parse_many(text)), refusal)
 
 
 def hashed(value: str) -> str:
@@ -82,15 +90,121 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-class _Counters:
-    """One storage with a limiter per strategy."""
+# Tiers of the username lock as the lock takes them: (attempts allowed, window in milliseconds).
+Tiers = tuple[tuple[int, int], ...]
 
-    def __init__(self, storage: Storage):
+
+class _UsernameLock(Protocol):
+    """The failed-login lock's places: an attempt takes one before the password is checked."""
+
+    async def take(self, who: str, attempt: str, tiers: Tiers) -> int | None:
+        """Adds `attempt` if every tier has room, in one step; else adds nothing and returns the milliseconds
+        until the fullest tier has room."""
+
+    async def give_back(self, who: str, attempt: str) -> None:
+        """Removes `attempt`, whichever tier it was counted in; nothing happens when it is already gone."""
+
+
+# KEYS[1]: the username's attempts, a sorted set of attempt id -> milliseconds; ARGV[1]: this attempt's id;
+# then each tier's limit and window in milliseconds. The time is Redis's own, so gateway clocks need not
+# agree, and in integer milliseconds, which Lua and Redis pass around without rounding.
+_TAKE_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local wait, longest = 0, 0
+for i = 2, #ARGV, 2 do
+    local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    longest = math.max(longest, window)
+    local since = '(' .. (now - window)
+    if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= limit then
+        -- Room comes back when the limit-th newest attempt in the window ages out of it.
+        local until_room = window
+        if limit > 0 then
+            local nth = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', since, 'WITHSCORES', 'LIMIT', limit - 1, 1)
+            until_room = tonumber(nth[2]) + window - now
+        end
+        wait = math.max(wait, until_room, 1)
+    end
+end
+if wait > 0 then
+    return wait
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], longest)
+return 0
+"""
+
+
+class _RedisUsernameLock:
+    def __init__(self, client: Redis, key_prefix: str):
+        self._client = client
+        self._key_prefix = key_prefix
+        self._take = client.register_script(_TAKE_SCRIPT)
+
+    def _key(self, who: str) -> str:
+        return f"{self._key_prefix}:login-username/{who}"
+
+    async def take(self, who: str, attempt: str, tiers: Tiers) -> int | None:
+        limits = [value for tier in tiers for value in tier]
+        wait_ms = int(await self._take(keys=[self._key(who)], args=[attempt, *limits]))
+        return wait_ms or None
+
+    async def give_back(self, who: str, attempt: str) -> None:
+        await self._client.zrem(self._key(who), attempt)
+
+
+class _MemoryUsernameLock:
+    # How often usernames nobody tried for a whole window are forgotten: memory stays bounded by the
+    # usernames tried within the longest window, not all since the start.
+    SWEEP_EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self._attempts: dict[str, dict[str, int]] = {}  # username digest -> attempt id -> milliseconds
+        self._longest_ms = 0
+        self._swept_at = time.monotonic()
+
+    async def take(self, who: str, attempt: str, tiers: Tiers) -> int | None:
+        # No await from here to the end: asyncio runs no other attempt in between, so this is one step.
+        now = time.time_ns() // 1_000_000
+        self._longest_ms = max(self._longest_ms, *(window for _, window in tiers))
+        self._sweep(now)
+        mine = self._attempts.setdefault(who, {})
+        wait = 0
+        for limit, window in tiers:
+            inside = sorted((at for at in mine.values() if at > now - window), reverse=True)
+            if len(inside) >= limit:
+                until_room = inside[limit - 1] + window - now if limit > 0 else window
+                wait = max(wait, until_room, 1)
+        if wait:
+            return wait
+        mine[attempt] = now
+        return None
+
+    async def give_back(self, who: str, attempt: str) -> None:
+        mine = self._attempts.get(who)
+        if mine is not None:
+            mine.pop(attempt, None)
+
+    def _sweep(self, now: int) -> None:
+        if time.monotonic() - self._swept_at < self.SWEEP_EVERY_S:
+            return
+        self._swept_at = time.monotonic()
+        for who, mine in list(self._attempts.items()):
+            for attempt, at in list(mine.items()):
+                if at <= now - self._longest_ms:
+                    del mine[attempt]
+            if not mine:
+                del self._attempts[who]
+
+
+class _Counters:
+    """One storage with its moving-window limiter, and the username lock kept next to them."""
+
+    def __init__(self, storage: Storage, username_lock: _UsernameLock):
         self.storage = storage
-        self.limiters: dict[str, RateLimiter] = {
-            "moving": MovingWindowRateLimiter(storage),
-            "sliding": SlidingWindowCounterRateLimiter(storage),
-        }
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.username_lock = username_lock
 
 
 class RateLimits:
@@ -104,9 +218,9 @@ class RateLimits:
         self.register = Rule.parse("register", settings.rate_limit_register)
         self.invitations = Rule.parse("invitations", settings.rate_limit_invitations)
         self.tokens = Rule.parse("tokens", settings.rate_limit_tokens)
-        self.api = Rule.parse("api", settings.rate_limit_api, "sliding")
         self.known_address_ttl_s = settings.login_known_address_ttl_s
-        self._memory = _Counters(MemoryStorage())
+        self.flush_interval_s = settings.rate_limit_flush_s
+        self._memory = _Counters(MemoryStorage(), _MemoryUsernameLock())
         self._redis: _Counters | None = None
         self._pool: ConnectionPool | None = None
         self._redis_down_until = 0.0
@@ -120,13 +234,13 @@ class RateLimits:
                 retry=Retry(NoBackoff(), 0),
             )
             options: dict[str, Any] = {"connection_pool": self._pool}
-            storage = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix=f"{settings.rate_limit_key_prefix}:ratelimit",
-                **options,
-            )
-            self._redis = _Counters(storage)
+            key_prefix = f"{settings.rate_limit_key_prefix}:ratelimit"
+            storage = RedisStorage("async+redis://", implementation="redispy", key_prefix=key_prefix, **options)
+            client = Redis(connection_pool=self._pool)
+            self._redis = _Counters(storage, _RedisUsernameLock(client, key_prefix))
+            self.api = RequestCounter(parse_many(settings.rate_limit_api), redis=client, key_prefix=key_prefix)
+        else:
+            self.api = RequestCounter(parse_many(settings.rate_limit_api))
 
     @property
     def shared(self) -> bool:
@@ -135,6 +249,7 @@ class RateLimits:
 
     async def close(self) -> None:
         if self._pool is not None:
+            await self.api.flush()  # the last counts; a failure is logged and the counts age out with the process
             await self._pool.disconnect()
 
     async def _run(self, operation: Callable[[_Counters], Awaitable[T]]) -> T:
@@ -152,7 +267,7 @@ class RateLimits:
         when a tier is full."""
 
         async def run(counters: _Counters) -> int | None:
-            limiter = counters.limiters[rule.strategy]
+            limiter = counters.limiter
             for who in map(hashed, identities):
                 for tier in rule.tiers:
                     if not await limiter.hit(tier, rule.name, who):
@@ -163,58 +278,65 @@ class RateLimits:
         if retry_after is not None:
             raise RateLimitedError(rule.refusal, retry_after_s=retry_after)
 
-    async def check(self, rule: Rule, who: str) -> None:
-        """Refuses (429) when a tier is full, without counting this request."""
-        who = hashed(who)
-
-        async def run(counters: _Counters) -> int | None:
-            limiter = counters.limiters[rule.strategy]
-            waits = [
-                await _retry_after(limiter, tier, rule.name, who)
-                for tier in rule.tiers
-                if not await limiter.test(tier, rule.name, who)
-            ]
-            return max(waits) if waits else None
-
-        retry_after = await self._run(run)
+    async def count_request(self, user: str) -> None:
+        """Counts one authenticated request of `user` against RATE_LIMIT_API; refuses (429) when a tier is full."""
+        retry_after = await self.api.check(hashed(user))
         if retry_after is not None:
-            raise RateLimitedError(rule.refusal, retry_after_s=retry_after)
-
-    async def record(self, rule: Rule, who: str) -> None:
-        """Counts an event (a failed login) against every tier that still has room."""
-        who = hashed(who)
-
-        async def run(counters: _Counters) -> None:
-            limiter = counters.limiters[rule.strategy]
-            for tier in rule.tiers:
-                await limiter.hit(tier, rule.name, who)
-
-        await self._run(run)
+            raise RateLimitedError(errors.RATE_LIMITED, retry_after_s=retry_after)
 
     @contextlib.asynccontextmanager
     async def login_attempt(self, *, address: str, username: str) -> AsyncIterator[None]:
-        """Wraps one login: per-address limit, the username's lock, then counting a failure or remembering
-        the address of a success.
+        """Wraps one login: per-address limit, a place in the username's lock (kept by a wrong password,
+        given back otherwise), then remembering the address of a success.
 
         A locked username still lets in an address that logged this user in before (within
-        LOGIN_KNOWN_ADDRESS_TTL_S): failures sent from elsewhere cannot lock the real user out.
-        Such an address is only ever recorded after the right password, so it tells an attacker nothing.
+        LOGIN_KNOWN_ADDRESS_TTL_S), without a place: failures sent from elsewhere cannot lock the real user
+        out. Such an address is only ever recorded after the right password, so it tells an attacker nothing.
         """
         user, place = username.strip().lower(), address
         await self.acquire(self.login_address, place)
-        try:
-            await self.check(self.login_username, user)
-        except RateLimitedError:
-            if not await self._is_known(user, place):
-                metrics.LOGINS.labels(result="locked_out").inc()
-                raise
+        attempt = uuid.uuid4().hex
+        holder, retry_after = await self._take_place(user, attempt)
+        if retry_after is not None and not await self._is_known(user, place):
+            metrics.LOGINS.labels(result="locked_out").inc()
+            raise RateLimitedError(self.login_username.refusal, retry_after_s=retry_after)
+        # Only a wrong password keeps the place. A deactivated account (answered only after the right password)
+        # and a failed call tell nothing about the password; anything that is not an AppError (a cancelled
+        # request, a bug) keeps it too, since whether the password was checked is then unknown.
         try:
             yield
         except AppError as exc:
-            if exc.spec is errors.INVALID_CREDENTIALS:
-                await self.record(self.login_username, user)
+            if exc.spec is not errors.INVALID_CREDENTIALS:
+                await self._give_back(holder, user, attempt)
             raise
+        await self._give_back(holder, user, attempt)
         await self._remember(user, place)
+
+    async def _take_place(self, user: str, attempt: str) -> tuple[_Counters | None, int | None]:
+        """The counters holding the attempt's place (None when refused), or the seconds to wait."""
+        tiers = tuple((tier.amount, tier.get_expiry() * 1000) for tier in self.login_username.tiers)
+        holder: _Counters | None = None
+
+        async def run(counters: _Counters) -> int | None:
+            nonlocal holder
+            wait_ms = await counters.username_lock.take(hashed(user), attempt, tiers)
+            if wait_ms is None:
+                holder = counters
+                return None
+            return max(1, math.ceil(wait_ms / 1000))
+
+        retry_after = await self._run(run)
+        return holder, retry_after
+
+    async def _give_back(self, holder: _Counters | None, user: str, attempt: str) -> None:
+        """Where the place was taken, not where `_run` would go now: a place taken in memory while Redis was
+        down is given back in memory. Should Redis fail now, the place stays and ages out like a failure."""
+        if holder is None:
+            return
+        try:
+            await holder.username_lock.give_back(hashed(user), attempt)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("ratelimit.place_not_given_back", error=error_text(exc))
 
     async def _is_known(self, user: str, place: str) -> bool:
         if self.known_address_ttl_s <= 0:
@@ -241,7 +363,7 @@ def _known_key(user: str, place: str) -> str:
     return f"known-address/{hashed(user)}/{hashed(place)}"
 
 
-async def _retry_after(limiter: RateLimiter, tier: RateLimitItem, *key: str) -> int:
+async def _retry_after(limiter: MovingWindowRateLimiter, tier: RateLimitItem, *key: str) -> int:
     stats = await limiter.get_window_stats(tier, *key)
     return max(1, math.ceil(stats.reset_time - time.time()))
 

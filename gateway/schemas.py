@@ -5,13 +5,66 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# Text no field takes: NUL (PostgreSQL refuses it in text), whatever the field. In the schema too, so that clients and
+# fuzzers know it; a lone surrogate is refused by the JSON parser itself.
+TEXT = r"^[^\x00]*$"
+# A host name as a tenant's `allowed_hosts` take it (any case): labels of letters, digits and '-', a dot between.
+HOST = r"^\s*(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\s*$"
+# An email address as the auth service checks it: one @, a dot after it, no spaces or control characters.
+_EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\uFEFF]"
+EMAIL = rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}+$"
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include 1.0: a float with nothing after the point is that integer. Anything else
+    goes to the strict check, which refuses strings ("1"), booleans and 1.5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A whole number in a request body, with its bounds (the bounds first, so that the schema shows them).
+GateLimit = Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_integral)]
+PositiveGateLimit = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_integral)]
 
 
 class Request(BaseModel):
-    """Request bodies refuse unknown fields: a typo must not be silently ignored."""
+    """Request bodies refuse unknown fields (a typo must not be silently ignored) and values of the wrong type
+    (`"1"` or `1.5` for a count: strict)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, strict=True)
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """The JSON schema of a body whose optional fields may be left out but are never null."""
+    for prop in schema.get("properties", {}).values():
+        options = [option for option in prop.pop("anyOf", []) if option.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
+def _patch_schema(schema: dict[str, Any]) -> None:
+    _not_null(schema)
+    schema["minProperties"] = 1
+
+
+class Patch(Request):
+    """A change: at least one field, and none of them null (a field left out stays as it is)."""
+
+    model_config = ConfigDict(json_schema_extra=_patch_schema)
+
+    @model_validator(mode="after")
+    def _something_and_no_nulls(self) -> Patch:
+        if not self.model_fields_set:
+            raise ValueError("name at least one field to change")
+        nulls = sorted(name for name in self.model_fields_set if getattr(self, name) is None)
+        if nulls:
+            raise ValueError(f"not null: {', '.join(nulls)} (leave a field out to keep it)")
+        return self
 
 
 class RegisterBody(Request):
@@ -28,20 +81,20 @@ class RegisterBody(Request):
         }
     )
     username: Annotated[str, Field(min_length=3, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    email: Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-    password: Annotated[str, Field(min_length=8, max_length=128)]
-    full_name: Annotated[str, Field(max_length=200)] = ""
+    email: Annotated[str, Field(min_length=3, max_length=254, pattern=EMAIL)]
+    password: Annotated[str, Field(pattern=TEXT, min_length=8, max_length=128)]
+    full_name: Annotated[str, Field(pattern=TEXT, max_length=200)] = ""
 
 
 class LoginBody(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"username": "testuser", "password": "testpass123"}]})  # nosec B105 # docs example
-    username: Annotated[str, Field(min_length=1, max_length=254)]
-    password: Annotated[str, Field(min_length=1, max_length=128)]
+    username: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=254)]
+    password: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=128)]
 
 
 class RefreshBody(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"refresh_token": "rt_Jx2...Q"}]})  # nosec B105 # docs example
-    refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
+    refresh_token: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=512)]
 
 
 class UserOut(BaseModel):
@@ -167,13 +220,13 @@ Role = Literal["owner", "admin", "member", "viewer"]
 
 class CreateTenantBody(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Acme Corp", "slug": "acme"}]})
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=100)]
     slug: Annotated[str, Field(pattern=_SLUG)]
 
 
 class UpdateTenantBody(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Acme Corporation"}]})
-    name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    name: Annotated[str | None, Field(pattern=TEXT, min_length=1, max_length=100)] = None
     slug: Annotated[str | None, Field(pattern=_SLUG)] = None
 
 
@@ -201,44 +254,67 @@ class UpdateMemberBody(Request):
     role: Role
 
 
+def _one_invitee_schema(schema: dict[str, Any]) -> None:
+    _not_null(schema)
+    schema["oneOf"] = [{"required": ["username"]}, {"required": ["email"]}]
+    schema["examples"] = [{"username": "bob", "role": "member"}, {"email": "bob@example.com", "role": "viewer"}]
+
+
 class InvitationBody(Request):
     """Name the invitee by `username` or by `email`, not both."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"username": "bob", "role": "member"}, {"email": "bob@example.com", "role": "viewer"}]
-        }
-    )
-    username: Annotated[str | None, Field(min_length=3, max_length=40)] = None
-    email: Annotated[str | None, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] = None
+    model_config = ConfigDict(json_schema_extra=_one_invitee_schema)
+    username: Annotated[str | None, Field(pattern=TEXT, min_length=3, max_length=40)] = None
+    email: Annotated[str | None, Field(min_length=3, max_length=254, pattern=EMAIL)] = None
     role: Role
 
     @model_validator(mode="after")
     def _one_invitee(self) -> InvitationBody:
-        if (self.username is None) == (self.email is None):
+        given = {name for name in ("username", "email") if name in self.model_fields_set}
+        if len(given) != 1 or getattr(self, given.pop()) is None:
             raise ValueError("give either username or email")
         return self
 
 
-class InvitationOut(BaseModel):
+class PendingInvitationOut(BaseModel):
     id: str
     tenant_id: str
     invitee: str
     role: str
+    invited_by: str = Field(description="User id of whoever sent it")
+    created_at: dt.datetime
     expires_at: dt.datetime
-    token: str = Field(description="Single use; hand it to the invitee, who accepts it with their own token")
+
+
+class InvitationOut(PendingInvitationOut):
+    token: str = Field(
+        description="Shown once, single use: hand it to the invitee, who accepts it with their own token "
+        "(`POST /api/v2/invitations/accept`)"
+    )
+
+
+class InvitationPage(BaseModel):
+    items: list[PendingInvitationOut]
+    next_cursor: str | None
+
+
+class AcceptInvitationBody(Request):
+    """The token travels in the body, never in a path: paths end up in access logs and crash reports."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"token": "inv_3f0c...Q"}]})  # nosec B105 # example
+    token: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=128)]
 
 
 class SwitchTenantBody(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"tenant_id": "01937a2e-7c41-7b51-9d8e-3f1c2b4a5d6f"}]})
-    tenant_id: Annotated[str, Field(min_length=1, max_length=64)]
+    tenant_id: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=64)]
 
 
 class QualityGateBody(Request):
-    max_function_complexity: Annotated[int, Field(ge=1, le=1_000_000)]
-    max_high_findings: Annotated[int, Field(ge=0, le=1_000_000)]
-    max_secrets: Annotated[int, Field(ge=0, le=1_000_000)]
-    max_file_lines: Annotated[int, Field(ge=1, le=1_000_000)]
+    max_function_complexity: PositiveGateLimit
+    max_high_findings: GateLimit
+    max_secrets: GateLimit
+    max_file_lines: PositiveGateLimit
 
 
 class SecretOut(BaseModel):
@@ -279,18 +355,43 @@ class SettingsOut(BaseModel):
 
 
 class SettingsPatch(Request):
-    """Only the fields present change. Secrets are write-only; `null` or `""` clears one."""
+    """Only the fields present change. Secrets are write-only; `null` or `""` clears one. `null` puts any other
+    setting back to its default (`llm_provider` none, no `llm_model`, the default `quality_gate`), except
+    `allowed_hosts`, where `null` is the empty list: no host allowed."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"anthropic_api_key": "sk-ant-api03-...", "llm_provider": "anthropic"}]}
+        json_schema_extra={
+            "examples": [{"anthropic_api_key": "sk-ant-api03-...", "llm_provider": "anthropic"}],
+            "minProperties": 1,
+        }
     )
-    github_token: Annotated[str | None, Field(max_length=512)] = None
-    anthropic_api_key: Annotated[str | None, Field(max_length=512)] = None
-    openai_api_key: Annotated[str | None, Field(max_length=512)] = None
+    github_token: Annotated[str | None, Field(pattern=TEXT, max_length=512)] = None
+    anthropic_api_key: Annotated[str | None, Field(pattern=TEXT, max_length=512)] = None
+    openai_api_key: Annotated[str | None, Field(pattern=TEXT, max_length=512)] = None
     llm_provider: Literal["none", "anthropic", "openai"] | None = None
-    llm_model: Annotated[str | None, Field(max_length=100)] = None
+    llm_model: Annotated[str | None, Field(pattern=TEXT, max_length=100)] = None
     quality_gate: QualityGateBody | None = None
-    allowed_hosts: Annotated[list[Annotated[str, Field(max_length=253)]] | None, Field(max_length=50)] = None
+    allowed_hosts: Annotated[list[Annotated[str, Field(pattern=HOST, max_length=253)]] | None, Field(max_length=50)] = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> SettingsPatch:
+        if not self.model_fields_set:
+            raise ValueError("name at least one setting to change")
+        return self
+
+
+REPOSITORY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+URL_RULES = (
+    "`https://<host>/<owner>/<name>` on a host both the deployment (`REPOSITORY_HOSTS`) and the tenant "
+    "(`allowed_hosts`) allow, without credentials; a local path or `file://` URL only where the deployment allows "
+    "them (development). Refused: `ERR_REPO_003`, `details.reason` saying why."
+)
+REF_RULES = (
+    "A branch or tag name as git takes it (no spaces or control characters, no `..`, `~`, `^`, `:`, `?`, `*`, `[`, "
+    "`\\`, `@{`, not starting with `-` or ending with `/`, `.` or `.lock`), or a commit sha. Refused: `ERR_REPO_004`."
+)
 
 
 class CreateRepositoryBody(Request):
@@ -299,18 +400,19 @@ class CreateRepositoryBody(Request):
             "examples": [{"name": "django", "url": "https://github.com/django/django", "default_branch": "main"}]
         }
     )
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
-    default_branch: Annotated[str, Field(min_length=1, max_length=200)] = "main"
+    name: Annotated[str, Field(pattern=REPOSITORY_NAME, min_length=1, max_length=100)]
+    url: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=2048, description=URL_RULES)]
+    default_branch: Annotated[str, Field(pattern=TEXT, min_length=1, max_length=200, description=REF_RULES)] = "main"
 
 
-class UpdateRepositoryBody(Request):
+class UpdateRepositoryBody(Patch):
     """Only the fields present change."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"default_branch": "develop"}]})
-    name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
-    url: Annotated[str | None, Field(min_length=1, max_length=2048)] = None
-    default_branch: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    name: Annotated[str | None, Field(pattern=REPOSITORY_NAME, min_length=1, max_length=100)] = None
+    url: Annotated[str | None, Field(pattern=TEXT, min_length=1, max_length=2048, description=URL_RULES)] = None
+    default_branch: Annotated[str | None, Field(pattern=TEXT, min_length=1, max_length=200, description=REF_RULES)] = (
+        None
+    )
 
 
 class RepositoryOut(BaseModel):
@@ -329,7 +431,7 @@ class RepositoryPage(BaseModel):
 
 class StartAnalysisBody(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"ref": "main"}, {}]})
-    ref: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    ref: Annotated[str | None, Field(pattern=TEXT, min_length=1, max_length=200, description=REF_RULES)] = None
 
 
 class AnalysisOut(BaseModel):

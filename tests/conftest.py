@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -15,6 +18,60 @@ from libs.devstack.servers import EmbeddedNats, EmbeddedPostgres, EmbeddedValkey
 from libs.devstack.stack import Stack
 
 StackFactory = Callable[..., Stack]
+
+# Every process this test run starts inherits this variable (children of children, orphans re-parented to init
+# too): at the end, any process that still carries it was left behind, and fails the run.
+RUN_MARK = "REPOLENS_TEST_RUN"
+LEFTOVER_GRACE_S = 10.0
+
+
+def _marked_processes(mark: str) -> dict[int, str]:
+    """pid -> command line of the running processes whose environment carries this run's mark."""
+    needle = f"{RUN_MARK}={mark}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            status, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if status == "Z":  # a zombie is dead already; its parent only has not reaped it
+            continue
+        if int(parent) == os.getpid() and "multiprocessing.resource_tracker" in command:
+            continue  # this process's own tracker (process pools start it); it ends when this process does
+        found[int(entry.name)] = command
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(RUN_MARK, secrets.token_hex(8))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run if a process it started is still running once every fixture has stopped its own."""
+    if not Path("/proc").is_dir():  # pragma: no cover - Linux only
+        return
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := _marked_processes(os.environ[RUN_MARK])) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a process told to stop may take a moment
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(left)} process(es) started by the tests were still running, now killed:"]
+    lines += [f"  {pid}: {command[:300]}" for pid, command in sorted(left.items())]
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if reporter is not None:
+        reporter.write_line("\n".join(lines), red=True)
+    else:  # pragma: no cover
+        print("\n".join(lines))
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # Shared stacks serve every test from 127.0.0.1, registering and logging in hundreds of users: the real limits
 # would refuse them. tests/e2e/test_rate_limits.py runs gateways of its own with the defaults.
@@ -29,6 +86,9 @@ RELAXED_RATE_LIMITS = dict.fromkeys(
     ),
     "1000000/minute",
 )
+# A reused refresh token counts as a concurrent refresh for this long (10 s by default): short, so that the tests of a
+# reuse after it need not wait long.
+REFRESH_GRACE = {"REFRESH_REUSE_GRACE_S": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -49,19 +109,37 @@ def postgres_server_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _new_database(server_url: str) -> tuple[str, str]:
-    name = f"repolens_test_{secrets.token_hex(6)}"
-    return name, create_database(server_url, name)
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str = "repolens_test") -> Iterator[str]:
+    """The one way the tests make a database: a new one on the server, its URL, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    url = create_database(server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
+@contextlib.contextmanager
+def own_stack(postgres_server_url: str, root: Path, extra_env: Mapping[str, str]) -> Iterator[Stack]:
+    """A started stack with a database and a NATS of its own (durable consumers are named per service: two stacks
+    on one NATS would take each other's events), the relaxed test limits under `extra_env`; logs in `root`."""
+    nats = EmbeddedNats(root / "nats")
+    nats.start()
+    try:
+        with scratch_database(postgres_server_url) as url:
+            env = {**RELAXED_RATE_LIMITS, **REFRESH_GRACE, **extra_env}
+            with Stack(url, nats.url, environment="test", extra_env=env, log_file=root / "stack.log") as running:
+                yield running
+    finally:
+        nats.delete()
 
 
 @pytest.fixture(scope="session")
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """URL of a database created for this session (so parallel runs on one server do not meet), then dropped."""
-    name, url = _new_database(postgres_server_url)
-    try:
+    with scratch_database(postgres_server_url) as url:
         yield url
-    finally:
-        drop_database(postgres_server_url, name)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +197,11 @@ def stack(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFac
         nats_url,
         environment="test",
         # The worker keeps an engine cache, as it does under `make run` and in a cluster.
-        extra_env={**RELAXED_RATE_LIMITS, "ENGINE_CACHE_DIR": str(tmp_path_factory.mktemp("engine-cache"))},
+        extra_env={
+            **RELAXED_RATE_LIMITS,
+            **REFRESH_GRACE,
+            "ENGINE_CACHE_DIR": str(tmp_path_factory.mktemp("engine-cache")),
+        },
         log_file=tmp_path_factory.mktemp("stack") / "stack.log",
     )
     running.start()
@@ -137,7 +219,7 @@ def make_stack(postgres_server_url: str, database_url: str, nats_url: str, tmp_p
     a new stack shares the session database and NATS.
     """
     made: list[Stack] = []
-    databases: list[str] = []
+    databases = contextlib.ExitStack()
 
     def factory(
         *,
@@ -148,13 +230,12 @@ def make_stack(postgres_server_url: str, database_url: str, nats_url: str, tmp_p
         environment: str = "test",
     ) -> Stack:
         if fresh_database:
-            name, database_url = _new_database(postgres_server_url)
-            databases.append(name)
+            database_url = databases.enter_context(scratch_database(postgres_server_url))
         new = Stack(
             database_url,
             nats_url,
             environment=environment,
-            extra_env={**RELAXED_RATE_LIMITS, **(extra_env or {})},
+            extra_env={**RELAXED_RATE_LIMITS, **REFRESH_GRACE, **(extra_env or {})},
             log_file=tmp_path / f"stack-{len(made)}.log",
         )
         made.append(new)
@@ -166,5 +247,4 @@ def make_stack(postgres_server_url: str, database_url: str, nats_url: str, tmp_p
     finally:
         for each in reversed(made):
             each.close()
-        for name in databases:
-            drop_database(postgres_server_url, name)
+        databases.close()

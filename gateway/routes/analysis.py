@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
-from google.protobuf.json_format import MessageToDict
+from fastapi import APIRouter, Query, Request, Response, status
 
 from gateway.deps import BackendsDep, CurrentCaller
+from gateway.params import Cursor, Id, Limit, OffsetCursor, text
 from gateway.schemas import (
     AnalysisOut,
     AnalysisPage,
@@ -34,9 +33,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Not found in the token's tenant"},
     422: {"model": ErrorOut, "description": "Validation failed, or a URL/ref refused (`ERR_REPO_003`/`004`)"},
 }
-Id = Annotated[str, Path(max_length=64)]
-Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 def _time(message: Any, name: str) -> dt.datetime | None:
@@ -79,7 +75,14 @@ def _analysis(analysis: analysis_pb2.Analysis) -> AnalysisOut:
     "/repositories",
     status_code=status.HTTP_201_CREATED,
     response_model=RepositoryOut,
-    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Name already used"}},
+    responses={
+        **_ERRORS,
+        403: {
+            "model": ErrorOut,
+            "description": "Viewers may only read, or the tenant's repository limit (`ERR_QUOTA_001`)",
+        },
+        409: {"model": ErrorOut, "description": "Name already used"},
+    },
     summary="Register a repository (https:// on the allowed hosts; local paths in development)",
 )
 async def create_repository(
@@ -101,7 +104,7 @@ async def list_repositories(
     backends: BackendsDep,
     limit: Limit = 50,
     cursor: Cursor = None,
-    name: Annotated[str | None, Query(max_length=100, description="Part of the name")] = None,
+    name: Annotated[str | None, text(100, "Part of the name")] = None,
 ) -> RepositoryPage:
     reply: analysis_pb2.ListRepositoriesResponse = await backends.call(
         backends.analysis.ListRepositories,
@@ -168,7 +171,14 @@ async def delete_repository(
     "/repositories/{repository_id}/analyses",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=AnalysisOut,
-    responses=_ERRORS,
+    responses={
+        **_ERRORS,
+        429: {
+            "model": ErrorOut,
+            "description": "The tenant's analyses queued or running (`ERR_QUOTA_002`) or queued in the last hour "
+            "(`ERR_QUOTA_003`, with `Retry-After`) are at their limit",
+        },
+    },
     summary="Queue an analysis of a ref (the default branch when none is given)",
 )
 async def start_analysis(
@@ -194,8 +204,10 @@ async def list_analyses(
     backends: BackendsDep,
     limit: Limit = 50,
     cursor: Cursor = None,
-    repository_id: Annotated[str | None, Query(max_length=64)] = None,
-    status_filter: Annotated[str | None, Query(alias="status", max_length=20)] = None,
+    repository_id: Annotated[str | None, text(64)] = None,
+    status_filter: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query(alias="status")
+    ] = None,
 ) -> AnalysisPage:
     reply: analysis_pb2.ListAnalysesResponse = await backends.call(
         backends.analysis.ListAnalyses,
@@ -250,7 +262,7 @@ async def get_report(analysis_id: Id, caller: CurrentCaller, request: Request, b
         request=request,
         token=caller.token,
     )
-    return JSONResponse(MessageToDict(reply.report))
+    return Response(content=reply.report_json, media_type="application/json")
 
 
 @router.get(
@@ -303,9 +315,9 @@ async def list_findings(
     request: Request,
     backends: BackendsDep,
     limit: Limit = 50,
-    cursor: Cursor = None,
-    severity: Annotated[str | None, Query(max_length=20)] = None,
-    rule: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: OffsetCursor = None,
+    severity: Annotated[Literal["critical", "high", "medium", "low"] | None, Query()] = None,
+    rule: Annotated[str | None, text(100)] = None,
     new: bool = False,
 ) -> FindingPage:
     reply: analysis_pb2.ListFindingsResponse = await backends.call(
@@ -335,7 +347,7 @@ async def diff_analyses(
     caller: CurrentCaller,
     request: Request,
     backends: BackendsDep,
-    base: Annotated[str, Query(max_length=64, description="The analysis to compare with")],
+    base: Annotated[str, text(64, "The analysis to compare with")],
 ) -> DiffOut:
     reply: analysis_pb2.DiffAnalysesResponse = await backends.call(
         backends.analysis.DiffAnalyses,

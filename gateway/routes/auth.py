@@ -69,6 +69,7 @@ async def register(body: RegisterBody, request: Request, backends: BackendsDep) 
             username=body.username, email=body.email, password=body.password, full_name=body.full_name
         ),
         request=request,
+        as_gateway=True,
     )
     return RegisteredOut(**_user(reply.user).model_dump(), personal_tenant_id=reply.personal_tenant_id)
 
@@ -90,7 +91,10 @@ async def register(body: RegisterBody, request: Request, backends: BackendsDep) 
 async def login(body: LoginBody, request: Request, backends: BackendsDep) -> TokensOut:
     async with rate_limits(request).login_attempt(address=client_address(request), username=body.username):
         reply: auth_pb2.LoginResponse = await backends.call(
-            backends.auth.Login, auth_pb2.LoginRequest(username=body.username, password=body.password), request=request
+            backends.auth.Login,
+            auth_pb2.LoginRequest(username=body.username, password=body.password),
+            request=request,
+            as_gateway=True,
         )
     return _tokens(reply.tokens)
 
@@ -109,7 +113,10 @@ async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) ->
     limits = rate_limits(request)
     await limits.acquire(limits.tokens, client_address(request))
     reply: auth_pb2.RefreshTokensResponse = await backends.call(
-        backends.auth.RefreshTokens, auth_pb2.RefreshTokensRequest(refresh_token=body.refresh_token), request=request
+        backends.auth.RefreshTokens,
+        auth_pb2.RefreshTokensRequest(refresh_token=body.refresh_token),
+        request=request,
+        as_gateway=True,
     )
     return _tokens(reply.tokens)
 
@@ -118,20 +125,42 @@ async def refresh(body: RefreshBody, request: Request, backends: BackendsDep) ->
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**_ERRORS, **_LIMITED, 401: {"model": ErrorOut, "description": "Unknown refresh token"}},
-    summary="Revoke the session; its access tokens stop working within a second",
+    summary="End the login (its sessions in every tenant); their access tokens stop working within a second",
 )
 async def logout(body: RefreshBody, request: Request, backends: BackendsDep) -> Response:
     limits = rate_limits(request)
     await limits.acquire(limits.tokens, client_address(request))
-    await backends.call(backends.auth.Logout, auth_pb2.LogoutRequest(refresh_token=body.refresh_token), request=request)
+    await backends.call(
+        backends.auth.Logout,
+        auth_pb2.LogoutRequest(refresh_token=body.refresh_token),
+        request=request,
+        as_gateway=True,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_UNAUTHORIZED, **_LIMITED},
+    summary="End every session of the caller, on every device; their access tokens stop working within a second",
+)
+async def logout_all(caller: CurrentCaller, request: Request, backends: BackendsDep) -> Response:
+    await backends.call(backends.auth.LogoutAll, auth_pb2.LogoutAllRequest(), request=request, token=caller.token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
     "/switch-tenant",
     response_model=TokensOut,
-    responses={**_ERRORS, **_UNAUTHORIZED, 404: {"model": ErrorOut, "description": "Not a tenant of yours"}},
-    summary="Tokens for another tenant the caller belongs to",
+    responses={
+        **_ERRORS,
+        **_UNAUTHORIZED,
+        404: {"model": ErrorOut, "description": "Not a tenant of yours"},
+        409: {"model": ErrorOut, "description": "The token's own tenant (`ERR_AUTH_012`)"},
+    },
+    summary="Tokens for another tenant the caller belongs to, in a new session of the same login (it ends with "
+    "the login)",
 )
 async def switch_tenant(
     body: SwitchTenantBody, caller: CurrentCaller, request: Request, backends: BackendsDep

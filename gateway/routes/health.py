@@ -14,6 +14,7 @@ from gateway.deps import BackendsDep
 from gateway.schemas import HealthOut
 from libs.common import errors
 from libs.common.errors import AppError
+from libs.common.grpc_client import call
 
 router = APIRouter(tags=["health"])
 
@@ -25,8 +26,9 @@ async def live() -> HealthOut:
 
 async def _serving(channel: grpc.aio.Channel, deadline_s: float) -> bool:
     try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=deadline_s)
-    except grpc.aio.AioRpcError:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await call(stub.Check, health_pb2.HealthCheckRequest(), deadline_s=deadline_s)
+    except AppError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 

@@ -61,7 +61,7 @@ async def update_settings(
         github_token=body.github_token or "",
         anthropic_api_key=body.anthropic_api_key or "",
         openai_api_key=body.openai_api_key or "",
-        llm_provider=body.llm_provider or "",
+        llm_provider=body.llm_provider or "none",
         llm_model=body.llm_model or "",
         allowed_hosts=body.allowed_hosts or [],
     )

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from gateway.deps import BackendsDep, CurrentCaller
+from gateway.params import Cursor, Id, Limit
 from gateway.ratelimit import client_address, rate_limits
 from gateway.schemas import (
+    AcceptInvitationBody,
     CreateTenantBody,
     DeletedTenantOut,
     ErrorOut,
     InvitationBody,
     InvitationOut,
+    InvitationPage,
     MemberOut,
     MemberPage,
+    PendingInvitationOut,
     TenantOut,
     TenantPage,
     UpdateMemberBody,
@@ -32,9 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Not found, or not yours"},
     422: {"model": ErrorOut, "description": "Validation failed"},
 }
-Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[str | None, Query(max_length=64)]
-UserId = Annotated[str, Path(max_length=64)]
+UserId = Id
 
 
 def _utc(stamp: Any) -> dt.datetime:
@@ -87,7 +89,11 @@ async def list_tenants(
     "/api/v2/tenants",
     status_code=status.HTTP_201_CREATED,
     response_model=TenantOut,
-    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Slug taken"}},
+    responses={
+        **_ERRORS,
+        403: {"model": ErrorOut, "description": "The caller owns as many organisations as allowed (`ERR_QUOTA_004`)"},
+        409: {"model": ErrorOut, "description": "Slug taken"},
+    },
     summary="A new organisation, with the caller as owner",
 )
 async def create_tenant(
@@ -213,35 +219,80 @@ async def create_invitation(
         request=request,
         token=caller.token,
     )
-    invitation = reply.invitation
-    return InvitationOut(
+    return InvitationOut(**_pending(reply.invitation).model_dump(), token=reply.invitation.token)
+
+
+def _pending(invitation: tenants_pb2.Invitation) -> PendingInvitationOut:
+    return PendingInvitationOut(
         id=invitation.id,
         tenant_id=invitation.tenant_id,
         invitee=invitation.invitee,
         role=invitation.role,
+        invited_by=invitation.invited_by,
+        created_at=_utc(invitation.created_at),
         expires_at=_utc(invitation.expires_at),
-        token=invitation.token,
     )
 
 
+@router.get(
+    "/api/v2/tenants/current/invitations",
+    response_model=InvitationPage,
+    responses=_ERRORS,
+    summary="Pending invitations: neither accepted nor revoked, expired ones included (owner, admin)",
+)
+async def list_invitations(
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> InvitationPage:
+    reply: tenants_pb2.ListInvitationsResponse = await backends.call(
+        backends.tenants.ListInvitations,
+        tenants_pb2.ListInvitationsRequest(page_size=limit, page_token=cursor or ""),
+        request=request,
+        token=caller.token,
+    )
+    return InvitationPage(items=[_pending(i) for i in reply.invitations], next_cursor=reply.next_page_token or None)
+
+
+@router.delete(
+    "/api/v2/tenants/current/invitations/{invitation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_ERRORS, 409: {"model": ErrorOut, "description": "Already accepted (`ERR_TENANT_010`)"}},
+    summary="Revoke a pending invitation: its token joins nobody (owner, admin; an owner's only by an owner)",
+)
+async def revoke_invitation(
+    invitation_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> Response:
+    await backends.call(
+        backends.tenants.RevokeInvitation,
+        tenants_pb2.RevokeInvitationRequest(invitation_id=invitation_id),
+        request=request,
+        token=caller.token,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post(
-    "/api/v2/invitations/{token}/accept",
+    "/api/v2/invitations/accept",
     response_model=TenantOut,
     responses={
         **_ERRORS,
         409: {"model": ErrorOut, "description": "Used, or already a member"},
-        410: {"model": ErrorOut, "description": "Expired"},
+        410: {"model": ErrorOut, "description": "Expired (`ERR_TENANT_009`) or withdrawn (`ERR_TENANT_011`)"},
+        429: {"model": ErrorOut, "description": "Rate limited (`ERR_RATE_001`); see `Retry-After`"},
     },
-    summary="Join the tenant of an invitation addressed to the caller",
+    summary="Join the tenant of an invitation addressed to the caller (the token in the body, never in a URL)",
 )
 async def accept_invitation(
-    token: Annotated[str, Path(max_length=128)], caller: CurrentCaller, request: Request, backends: BackendsDep
+    body: AcceptInvitationBody, caller: CurrentCaller, request: Request, backends: BackendsDep
 ) -> TenantOut:
     limits = rate_limits(request)
     await limits.acquire(limits.invitations, str(caller.claims.user_id), client_address(request))
     reply: tenants_pb2.AcceptInvitationResponse = await backends.call(
         backends.tenants.AcceptInvitation,
-        tenants_pb2.AcceptInvitationRequest(token=token),
+        tenants_pb2.AcceptInvitationRequest(token=body.token),
         request=request,
         token=caller.token,
     )

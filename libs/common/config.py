@@ -58,12 +58,21 @@ class CommonSettings(BaseSettings):
     environment: Environment = Field(default=Environment.DEVELOPMENT, description="development, test or production")
     log_level: str = Field(default="INFO", description="Lowest log level written")
     log_json: bool | None = Field(default=None, description="JSON log lines; default: on in production only")
+    gc_gen0_threshold: int = Field(
+        default=20000,
+        ge=0,
+        le=1_000_000,
+        description="Allocations between collections of the youngest generation once started (0: CPython's 700)",
+    )
 
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/repolens", description="PostgreSQL URL (libpq form)"
     )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections kept open per process")
     db_max_overflow: int = Field(default=5, ge=0, le=200, description="Extra connections allowed under load")
+    db_read_pool_size: int = Field(
+        default=4, ge=1, le=200, description="Connections of the hot reads' own pool (psycopg, prepared statements)"
+    )
     db_pool_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a free connection before failing")
     db_statement_timeout_ms: int = Field(default=5000, ge=100, description="PostgreSQL statement_timeout")
     db_connect_timeout_s: int = Field(default=5, ge=1, description="Connect timeout for one attempt")
@@ -205,6 +214,9 @@ class GrpcServiceSettings(CommonSettings):
     grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     grpc_max_concurrent_rpcs: int = Field(default=256, ge=1, description="RPCs served at once before queueing")
+    grpc_slow_call_ms: float = Field(
+        default=1000.0, gt=0, description="Calls served slower than this are logged as rpc.slow (others at debug)"
+    )
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Time in-flight RPCs get on SIGTERM")
     grpc_max_connection_age_s: float = Field(
         default=300.0, ge=1, description="Clients are made to reconnect (and find new pods) after this long"
@@ -213,6 +225,37 @@ class GrpcServiceSettings(CommonSettings):
     consumer_max_deliver: int = Field(default=5, ge=1, description="Deliveries of one event before dead-letter")
     consumer_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver an unacked event after")
     auth_grpc_target: str = Field(default="127.0.0.1:50051", description="Auth service address (public keys)")
+
+    @property
+    def service_credentials(self) -> dict[str, str]:
+        """Credentials of the services allowed to call this one's internal RPCs (none here)."""
+        return {}
+
+
+class AcceptsServiceCalls(GrpcServiceSettings):
+    """A service some of whose RPCs only other services may call: auth (the gateway), tenants (analysis)."""
+
+    internal_service_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Service name to credential (JSON) of each service allowed to call the internal RPCs "
+        "(auth: gateway; tenants: analysis)",
+    )
+
+    @property
+    def service_credentials(self) -> dict[str, str]:
+        return {name: token.get_secret_value() for name, token in self.internal_service_tokens.items()}
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        for name, token in self.internal_service_tokens.items():
+            if token.get_secret_value() in DEVELOPMENT_SERVICE_TOKENS or len(token.get_secret_value()) < 32:
+                problems.append(f"INTERNAL_SERVICE_TOKENS[{name}] is the development default or shorter than 32")
+        return problems
+
+
+DEVELOPMENT_SERVICE_TOKEN = "development-analysis-service-token"  # noqa: S105 # nosec B105 # refused in production
+DEVELOPMENT_GATEWAY_TOKEN = "development-gateway-service-token"  # noqa: S105 # nosec B105 # refused in production
+DEVELOPMENT_SERVICE_TOKENS = (DEVELOPMENT_SERVICE_TOKEN, DEVELOPMENT_GATEWAY_TOKEN)
 
 
 def decode_master_key(value: str) -> bytes:
@@ -246,18 +289,32 @@ def _rate_limit_shape(value: str) -> str:
 RateLimit = Annotated[str, AfterValidator(_rate_limit_shape)]
 
 
-class AuthSettings(GrpcServiceSettings):
+class AuthSettings(AcceptsServiceCalls):
     """The auth service."""
 
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     auth_master_key: MasterKey = Field(
         default=SecretStr(DEVELOPMENT_MASTER_KEY), description="base64 of 32 bytes; encrypts signing keys"
     )
-    refresh_token_ttl_s: int = Field(default=30 * 86400, ge=60, description="Lifetime of a refresh token")
+    refresh_token_ttl_s: int = Field(
+        default=30 * 86400, ge=60, description="Absolute lifetime of a login: its sessions and refresh tokens"
+    )
+    refresh_reuse_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=60,
+        description="A spent refresh token used again within this is a concurrent refresh (same session), later a "
+        "theft (the login ends)",
+    )
     key_reload_interval_s: float = Field(default=30.0, gt=0, description="How often signing keys are re-read")
     argon2_time_cost: int = Field(default=2, ge=1, description="argon2id iterations (OWASP: 2)")
     argon2_memory_kib: int = Field(default=19456, ge=1024, description="argon2id memory in KiB (OWASP: 19 MiB)")
     argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes (OWASP: 1)")
+    internal_service_tokens: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"gateway": SecretStr(DEVELOPMENT_GATEWAY_TOKEN)},
+        description="Service name to credential (JSON) of each service allowed to call the internal RPCs "
+        "(auth: gateway; tenants: analysis)",
+    )
 
     @property
     def master_key(self) -> bytes:
@@ -270,10 +327,7 @@ class AuthSettings(GrpcServiceSettings):
         return problems
 
 
-DEVELOPMENT_SERVICE_TOKEN = "development-analysis-service-token"  # noqa: S105 # nosec B105 # refused in production
-
-
-class TenantsSettings(GrpcServiceSettings):
+class TenantsSettings(AcceptsServiceCalls):
     """The tenants service."""
 
     grpc_port: int = Field(default=50052, ge=0, le=65535, description="gRPC port (0 picks a free one)")
@@ -281,9 +335,13 @@ class TenantsSettings(GrpcServiceSettings):
         default=SecretStr(DEVELOPMENT_MASTER_KEY), description="base64 of 32 bytes; wraps the tenants' data keys"
     )
     invitation_ttl_s: int = Field(default=7 * 86400, ge=60, description="How long an invitation can be accepted")
+    user_max_tenants: int = Field(
+        default=20, ge=0, description="Organisations one user may own at once (the personal tenant is not counted)"
+    )
     internal_service_tokens: dict[str, SecretStr] = Field(
         default_factory=lambda: {"analysis": SecretStr(DEVELOPMENT_SERVICE_TOKEN)},
-        description="Service name to credential (JSON) for the internal RPCs",
+        description="Service name to credential (JSON) of each service allowed to call the internal RPCs "
+        "(auth: gateway; tenants: analysis)",
     )
 
     @property
@@ -294,9 +352,6 @@ class TenantsSettings(GrpcServiceSettings):
         problems = super().production_problems()
         if self.tenants_master_key.get_secret_value() == DEVELOPMENT_MASTER_KEY:
             problems.append("TENANTS_MASTER_KEY is missing or the development default")
-        for name, token in self.internal_service_tokens.items():
-            if token.get_secret_value() == DEVELOPMENT_SERVICE_TOKEN or len(token.get_secret_value()) < 32:
-                problems.append(f"INTERNAL_SERVICE_TOKENS[{name}] is the development default or shorter than 32")
         return problems
 
 
@@ -316,7 +371,30 @@ class AnalysisSettings(GrpcServiceSettings, MigrationSettings):
         description="Hosts workers may clone from; a tenant's allowed hosts are narrowed to these",
     )
     worker_concurrency: int = Field(default=2, ge=1, le=64, description="Analyses one worker process runs at once")
-    max_attempts: int = Field(default=3, ge=1, le=10, description="Deliveries of one analysis before it fails")
+    # Quotas of each tenant (refused by the API past them) and its share of the workers (docs/architecture.md).
+    tenant_max_repositories: int = Field(default=1000, ge=1, description="Repositories one tenant may have at once")
+    tenant_max_queued_analyses: int = Field(
+        default=100, ge=1, description="Analyses of one tenant queued or running at once"
+    )
+    tenant_max_analyses_per_hour: int = Field(
+        default=600, ge=1, description="Analyses one tenant may queue in any hour (a rolling window)"
+    )
+    tenant_max_running_analyses: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Analyses of one tenant running at once across all workers; its other jobs wait, others' run",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Runs of one analysis (a worker crashed or stopped in it) before it fails"
+    )
+    job_max_deliveries: int = Field(
+        default=1000,
+        ge=2,
+        le=100_000,
+        description="Deliveries of one job (each hand-back counts: one every few seconds while its tenant's share is "
+        "busy) before it is dead-lettered and its analysis fails",
+    )
     job_ack_wait_s: float = Field(default=30.0, ge=2, description="A job is redelivered when silent this long")
     fetch_timeout_s: float = Field(default=300.0, gt=0, description="Time limit of one clone")
     max_repository_bytes: int = Field(default=500_000_000, ge=1_000_000, description="Size limit of one clone")
@@ -377,14 +455,37 @@ class GatewaySettings(CommonSettings):
 
     http_host: str = Field(default="127.0.0.1", description="Address the gateway binds")
     http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port")
+    # One by default: on a machine whose cores the services share (make run, 2 cores), a second gateway process
+    # bought no throughput in bench/read_path.py and doubled its p99. On a host of its own, 0 uses every core.
+    gateway_workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Gateway processes sharing the HTTP port (0: one per core); worker i serves /metrics on "
+        "METRICS_PORT+i",
+    )
     auth_grpc_target: str = Field(default="127.0.0.1:50051", description="Auth service address")
     tenants_grpc_target: str = Field(default="127.0.0.1:50052", description="Tenants service address")
     analysis_grpc_target: str = Field(default="127.0.0.1:50053", description="Analysis service address")
+    service_token: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_GATEWAY_TOKEN),
+        description="This gateway's credential for the auth service's register, login, refresh and logout",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted")
     ready_check_timeout_s: float = Field(default=1.0, gt=0, description="Deadline of one downstream health check")
     debug: bool = Field(default=False, description="Tracebacks in 500 answers (development only)")
 
-    # The HTTP edge (gateway/edge.py).
+    access_log_sample_rate: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of fast successful requests written to the access log; errors and slow ones always are",
+    )
+    access_log_slow_ms: float = Field(
+        default=1000.0, ge=0, description="Requests slower than this are always written to the access log"
+    )
+
+    # The HTTP edge (gateway/middleware.py).
     max_url_bytes: int = Field(default=8192, ge=256, description="Longest path plus query string accepted (414)")
     max_header_bytes: int = Field(default=16_384, ge=1024, description="Largest total of request headers (431)")
     max_headers: int = Field(default=100, ge=10, description="Most request headers accepted (431)")
@@ -429,6 +530,12 @@ class GatewaySettings(CommonSettings):
     )
     rate_limit_tokens: RateLimit = Field(default="30/minute", description="Refresh and logout calls per client address")
     rate_limit_api: RateLimit = Field(default="600/minute", description="Authenticated requests per user")
+    rate_limit_flush_s: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="How often each gateway adds its API-limit counts to Redis and reads every gateway's back",
+    )
     redis_timeout_s: float = Field(default=0.5, gt=0, description="Connect and reply timeout of one Redis call")
 
     @model_validator(mode="after")

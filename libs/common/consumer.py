@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import nats.errors
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common import metrics, tracing
+from libs.common.db import database_unavailable
 from libs.common.events import DEAD_LETTER_SUBJECT_PREFIX, EVENTS_STREAM
 from libs.common.logging import error_text
 from repolens.events.v1 import events_pb2
@@ -23,6 +25,9 @@ from repolens.events.v1 import events_pb2
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[AsyncConnection, events_pb2.EventEnvelope], Awaitable[None]]
+
+# While the database is unavailable, a message is tried again after this long at most (0.5 s, 1 s, 2 s... up to it).
+DATABASE_RETRY_MAX_S = 5.0
 
 
 def inbox_table(metadata: sa.MetaData, schema: str) -> sa.Table:
@@ -43,6 +48,10 @@ class EventConsumer:
     A handler that fails is retried by redelivery (with a growing delay); after `max_deliver`
     attempts the message goes to `repolens.deadletter.<durable>` and is acknowledged.
     Events of types without a handler are acknowledged and skipped.
+
+    The database being unavailable (PostgreSQL restarting, every connection busy) is no fault of the message: the
+    consumer keeps it, and the rest of its batch, in progress (no redelivery, no delivery counted) and tries it again
+    until the database answers, so an outage of any length dead-letters nothing.
     """
 
     def __init__(
@@ -106,14 +115,17 @@ class EventConsumer:
                 subscription = None
                 await asyncio.sleep(1.0)
                 continue
-            for message in messages:
+            for index, message in enumerate(messages):
                 try:
-                    await self.handle(message)
+                    await self.handle(message, held=messages[index + 1 :])
+                except _Stopping:  # left unsettled: redelivered after ack_wait, to this process or another
+                    break
                 except Exception as exc:  # could not even settle it: JetStream redelivers after ack_wait
                     log.warning("consumer.settle_failed", durable=self._durable, error=error_text(exc))
 
-    async def handle(self, message: Msg) -> None:
-        """Applies one message and settles it (ack, nak with delay, or dead-letter)."""
+    async def handle(self, message: Msg, *, held: Sequence[Msg] = ()) -> None:
+        """Applies one message and settles it (ack, nak with delay, or dead-letter); `held` are the messages fetched
+        with it that wait for their turn (kept in progress meanwhile when the database is unavailable)."""
         metrics.delivery_received(self._durable, message)
         traced = tracing.NOT_CONSUMING
         try:
@@ -121,9 +133,11 @@ class EventConsumer:
             traced = tracing.consume(envelope, consumer=self._durable)  # the trace of the request behind it
             handler = self._handlers.get(envelope.type)
             if handler is not None:
-                await self._apply(envelope, handler)
+                await self._apply_when_database_answers(envelope, handler, [message, *held])
             await message.ack()
             metrics.delivery_settled(self._durable, "acked")
+        except _Stopping:
+            raise
         except Exception as exc:
             traced.failed(exc)
             attempts = message.metadata.num_delivered or 1
@@ -136,12 +150,34 @@ class EventConsumer:
             )
             if attempts >= self._max_deliver:
                 await self._dead_letter(message, exc)
-                metrics.delivery_settled(self._durable, "dead_lettered")
             else:
                 await message.nak(delay=min(0.5 * 2**attempts, 30.0))
                 metrics.delivery_settled(self._durable, "retried")
         finally:
             traced.end()
+
+    async def _apply_when_database_answers(
+        self, envelope: events_pb2.EventEnvelope, handler: Handler, held: Sequence[Msg]
+    ) -> None:
+        """`_apply`, tried again for as long as the database is unavailable, the held messages kept in progress."""
+        delay = min(0.5, self._ack_wait_s / 3)
+        while True:
+            try:
+                await self._apply(envelope, handler)
+                return
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("consumer.database_unavailable", durable=self._durable, error=error_text(exc))
+            for each in held:  # resets their ack_wait, without counting a delivery
+                with contextlib.suppress(Exception):
+                    await each.in_progress()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+            if self._stopped.is_set():
+                raise _Stopping
+            # The held messages hear from us again well within their ack_wait.
+            delay = min(delay * 2, DATABASE_RETRY_MAX_S, self._ack_wait_s / 3)
 
     async def _apply(self, envelope: events_pb2.EventEnvelope, handler: Handler) -> None:
         structlog.contextvars.bind_contextvars(event_id=envelope.id, request_id=envelope.request_id or None)
@@ -162,9 +198,20 @@ class EventConsumer:
             structlog.contextvars.unbind_contextvars("event_id", "request_id")
 
     async def _dead_letter(self, message: Msg, exc: Exception) -> None:
-        headers = dict(message.headers or {})
-        headers["Repolens-Error"] = (str(exc) or type(exc).__name__)[:500]
-        headers["Repolens-Original-Subject"] = message.subject
-        await self._js.publish(f"{DEAD_LETTER_SUBJECT_PREFIX}.{self._durable}", message.data, headers=headers)
-        await message.ack()
-        log.error("consumer.dead_lettered", durable=self._durable, subject=message.subject)
+        await dead_letter(self._js, message, consumer=self._durable, reason=str(exc) or type(exc).__name__)
+
+
+class _Stopping(Exception):  # noqa: N818 - not an error: the consumer stops while the database is away
+    """Raised out of a message whose database never answered before `stop()`: it stays unsettled."""
+
+
+async def dead_letter(js: JetStreamContext, message: Msg, *, consumer: str, reason: str) -> None:
+    """Moves a message nobody can process to `repolens.deadletter.<consumer>` (kept 30 days, with the reason and the
+    original subject in its headers), then acknowledges it: it never comes back to block the others."""
+    headers = dict(message.headers or {})
+    headers["Repolens-Error"] = reason[:500]
+    headers["Repolens-Original-Subject"] = message.subject
+    await js.publish(f"{DEAD_LETTER_SUBJECT_PREFIX}.{consumer}", message.data, headers=headers)
+    await message.ack()
+    metrics.delivery_settled(consumer, "dead_lettered")
+    log.error("consumer.dead_lettered", durable=consumer, subject=message.subject, reason=reason[:200])

@@ -115,7 +115,8 @@ SESSION_REVOKED = _define(
     401,
     _C.UNAUTHENTICATED,
     "Session revoked",
-    "The session was logged out, its refresh token was reused, or the user was deactivated.",
+    "The session was logged out (or all of the user's were), its refresh token was reused after the grace, it "
+    "expired, the user was removed from its tenant, or the user was deactivated.",
 )
 USER_INACTIVE = _define(
     "ERR_AUTH_006", 403, _C.PERMISSION_DENIED, "Account is deactivated", "The user cannot log in until reactivated."
@@ -136,6 +137,13 @@ NO_TENANT = _define(
     _C.FAILED_PRECONDITION,
     "No tenant to sign in to",
     "The user belongs to no tenant yet; try again in a moment.",
+)
+ALREADY_IN_TENANT = _define(
+    "ERR_AUTH_012",
+    409,
+    _C.FAILED_PRECONDITION,
+    "Already acting in this tenant",
+    "`switch-tenant` to the tenant of the token itself: keep using the tokens you have.",
 )
 
 TENANT_NOT_FOUND = _define(
@@ -183,6 +191,13 @@ INVITATION_EXPIRED = _define(
 INVITATION_USED = _define(
     "ERR_TENANT_010", 409, _C.FAILED_PRECONDITION, "Invitation already used", "An invitation works once."
 )
+INVITATION_WITHDRAWN = _define(
+    "ERR_TENANT_011",
+    410,
+    _C.FAILED_PRECONDITION,
+    "Invitation withdrawn",
+    "It was revoked, or whoever sent it is no longer a member allowed to grant its role; ask for a new one.",
+)
 SERVICE_IDENTITY_REQUIRED = _define(
     "ERR_SERVICE_001",
     403,
@@ -225,6 +240,14 @@ ANALYSIS_ATTEMPTS_EXHAUSTED = _define(
     "Analysis failed after its last attempt",
     "Workers stopped or crashed on it too many times (stored on the analysis, not an HTTP answer).",
 )
+JOB_UNDELIVERABLE = _define(
+    "ERR_ANALYSIS_005",
+    500,
+    _C.INTERNAL,
+    "The workers gave up on this analysis's job",
+    "Handed back or failed JOB_MAX_DELIVERIES times before it could run; its job is in the dead-letter stream "
+    "(stored on the analysis, not an HTTP answer).",
+)
 FETCH_TIMEOUT = _define(
     "ERR_FETCH_001", 504, _C.DEADLINE_EXCEEDED, "Clone timed out", "The repository took too long to fetch."
 )
@@ -243,11 +266,60 @@ FETCH_AUTH = _define(
 )
 FETCH_FAILED = _define("ERR_FETCH_005", 502, _C.UNAVAILABLE, "Clone failed", "git could not fetch the repository.")
 
+# Quotas (the limits are settings; the message names the limit, `details.limit` holds it). A count of things held
+# at once answers 403 (retrying will not help until something is deleted), a count over time 429.
+REPOSITORY_QUOTA = _define(
+    "ERR_QUOTA_001",
+    403,
+    _C.RESOURCE_EXHAUSTED,
+    "Repository limit reached",
+    "The tenant has TENANT_MAX_REPOSITORIES repositories; delete one first. `details.limit` is the limit.",
+)
+QUEUED_ANALYSES_QUOTA = _define(
+    "ERR_QUOTA_002",
+    429,
+    _C.RESOURCE_EXHAUSTED,
+    "Too many analyses queued or running",
+    "The tenant has TENANT_MAX_QUEUED_ANALYSES analyses queued or running; retry when some have finished. "
+    "`details.limit` is the limit.",
+)
+HOURLY_ANALYSES_QUOTA = _define(
+    "ERR_QUOTA_003",
+    429,
+    _C.RESOURCE_EXHAUSTED,
+    "Too many analyses in the last hour",
+    "The tenant queued TENANT_MAX_ANALYSES_PER_HOUR analyses in the last hour; retry after the `Retry-After` "
+    "header's seconds (also `details.retry_after_s`). `details.limit` is the limit.",
+)
+TENANT_QUOTA = _define(
+    "ERR_QUOTA_004",
+    403,
+    _C.RESOURCE_EXHAUSTED,
+    "Organisation limit reached",
+    "The user owns USER_MAX_TENANTS organisations (the personal tenant is not counted); delete one first. "
+    "`details.limit` is the limit.",
+)
+
+# Every 503 answer carries `Retry-After` (gateway/errors.py, docs/faults.md).
 UPSTREAM_UNAVAILABLE = _define(
-    "ERR_UPSTREAM_001", 503, _C.UNAVAILABLE, "Service unavailable", "A backend service did not answer; retry."
+    "ERR_UPSTREAM_001",
+    503,
+    _C.UNAVAILABLE,
+    "Service unavailable",
+    "A backend service did not answer, or refused the call while overloaded; retry after the `Retry-After` "
+    "header's seconds.",
 )
 UPSTREAM_TIMEOUT = _define(
     "ERR_UPSTREAM_002", 504, _C.DEADLINE_EXCEEDED, "Service timed out", "A backend service missed its deadline."
+)
+DATABASE_UNAVAILABLE = _define(
+    "ERR_UPSTREAM_003",
+    503,
+    _C.UNAVAILABLE,
+    "Database unavailable",
+    "A service lost its database or could not get a connection to it (a restart, a failover, every connection "
+    "busy); retry after the `Retry-After` header's seconds. A write may have been made all the same if the "
+    "database went away during its commit.",
 )
 
 

@@ -66,6 +66,16 @@ def new_id() -> uuid.UUID:
     return uuid.UUID(str(uuid6.uuid7()))
 
 
+def id_time(value: uuid.UUID) -> dt.datetime:
+    """When `new_id()` made this id: a UUIDv7 starts with 48 bits of Unix milliseconds."""
+    return dt.datetime.fromtimestamp((value.int >> 80) / 1000, dt.UTC)
+
+
+def first_id_at(moment: dt.datetime) -> uuid.UUID:
+    """The smallest id `new_id()` makes at `moment`: every id made since is at least this one."""
+    return uuid.UUID(int=int(moment.timestamp() * 1000) << 80)
+
+
 def subject_for(service: str, event_type: str) -> str:
     return f"{EVENTS_SUBJECT_PREFIX}.{service}.{event_type}"
 

@@ -1,22 +1,31 @@
-"""gRPC client side: channels and the mapping of a failed call back to a typed error."""
+"""gRPC client side: channels, every outgoing call (`call`), and the mapping of a failed call back to a typed
+error."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from libs.common import errors
+from libs.common import errors, tracing
 from libs.common.errors import AppError
-from libs.common.grpc_metrics import ClientMetricsInterceptor
+from libs.common.grpc_metrics import record_client_call
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
-# A status without our ErrorInfo still maps to a stable code.
+# A status without our ErrorInfo still maps to a stable code. Such a status comes from gRPC itself, not from a
+# handler of ours: the peer is down or went away mid-call (UNAVAILABLE, CANCELLED), the deadline passed, or the
+# server refused the call at its GRPC_MAX_CONCURRENT_RPCS (RESOURCE_EXHAUSTED): the gateway answers those with 503
+# and `Retry-After`, or 504, never 500.
 _FALLBACK = {
     grpc.StatusCode.UNAVAILABLE: errors.UPSTREAM_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.UPSTREAM_TIMEOUT,
     grpc.StatusCode.UNAUTHENTICATED: errors.INVALID_TOKEN,
     grpc.StatusCode.CANCELLED: errors.UPSTREAM_UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.UPSTREAM_UNAVAILABLE,
 }
 
 
@@ -36,8 +45,33 @@ def open_channel(target: str) -> grpc.aio.Channel:
             ("grpc.max_reconnect_backoff_ms", 2_000),
             ("grpc.lb_policy_name", "round_robin"),
         ],
-        interceptors=[ClientMetricsInterceptor()],
     )
+
+
+_NAMES: dict[bytes, str] = {}
+
+
+async def call(method: Any, request: Any, *, deadline_s: float, metadata: Sequence[tuple[str, str]] = ()) -> Any:
+    """One unary call of a stub's `method`: the trace context added to its metadata, timed and counted by method
+    and status (`repolens_grpc_client_*`), and a failure raised as the typed error the service sent.
+
+    Every call of ours goes through here rather than through a client interceptor: grpc.aio runs an intercepted
+    call in a task of its own, which cost the gateway a tenth of its CPU per request."""
+    raw: bytes = getattr(method, "_method", b"")
+    name = _NAMES.get(raw) or _NAMES.setdefault(raw, raw.decode())
+    sent = list(metadata)
+    started = time.perf_counter()
+    code = grpc.StatusCode.CANCELLED  # unless an answer comes: the caller went away first
+    try:
+        with tracing.outgoing_rpc(method, sent):
+            reply = await method(request, timeout=deadline_s, metadata=sent)
+        code = grpc.StatusCode.OK
+        return reply
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        raise error_from_rpc(exc) from None
+    finally:
+        record_client_call(name, code, started)
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> AppError:

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -19,10 +20,23 @@ from grpc_status import rpc_status
 from libs.common import deadlines, errors, tracing
 from libs.common.config import GrpcServiceSettings
 from libs.common.errors import AppError
-from libs.common.grpc_metrics import ServerMetricsInterceptor
+from libs.common.grpc_metrics import record_server_call
+from libs.common.logging import error_text
 
 REQUEST_ID_KEY = "x-request-id"
 ERROR_DOMAIN = "repolens"
+# The standard services every server carries: probes and tooling call them without any credential.
+ALWAYS_PUBLIC = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+# Settles who calls (raising the error that refuses the call); the service's Authenticator (libs/common/identity).
+Authenticate = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[None]]
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +57,54 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str
     return None
 
 
+def _refuse_nul(message: Any, path: str = "") -> None:
+    """No text of any request may hold NUL: PostgreSQL refuses it in text, and a caller behind the gateway (whose
+    schema refuses it too) must get a clear error for it, not an internal one."""
+    if not isinstance(message, Message):
+        return
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        values = value if field.is_repeated else [value]
+        for item in values:
+            if isinstance(item, str) and "\x00" in item:
+                raise AppError(errors.VALIDATION, details={"field": name, "reason": "contains a NUL character"})
+            if isinstance(item, Message):
+                _refuse_nul(item, f"{name}.")
+
+
+async def _deny(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    raise AppError(errors.INVALID_TOKEN)
+
+
+def _refused(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """A streaming RPC of ours that the interceptor cannot authenticate per message: refused whole."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort_with_status(error_status(AppError(errors.INVALID_TOKEN)))
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await refuse(request, context)
+        yield  # pragma: no cover - abort raises
+
+    kinds = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kinds)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kinds)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kinds)
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Binds request metadata into the log context and maps typed errors to rich gRPC statuses."""
+    """The one interceptor of our servers, one wrapper per call: binds request metadata into the log context,
+    authenticates the caller (denying by default), maps typed errors to rich gRPC statuses, and counts and times
+    every call by the status the client sees (`repolens_grpc_server_*`; health and reflection are not counted).
+
+    A call that succeeds is logged at debug level (the gateway's access log and the metrics have it already), one
+    slower than `slow_s` as a warning; a refused or failed call always is."""
+
+    def __init__(self, authenticate: Authenticate = _deny, *, slow_s: float = 1.0) -> None:
+        self.authenticate = authenticate
+        self.slow_s = slow_s
 
     async def intercept_service(
         self,
@@ -52,9 +112,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = handler_call_details.method
+        if handler is None or method in ALWAYS_PUBLIC:
+            return handler
+        if handler.unary_unary is None:
+            return _refused(handler)
         behaviour: Any = handler.unary_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -62,19 +124,40 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             structlog.contextvars.bind_contextvars(request_id=metadata_value(context, REQUEST_ID_KEY), rpc=method)
             deadlines.bind_incoming(context)
             started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
             try:
+                await self.authenticate(method, context)
+                _refuse_nul(request)
                 reply = await behaviour(request, context)
-                log.info("rpc.completed", elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+                code = context.code() or grpc.StatusCode.OK
+                elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+                if elapsed_ms >= self.slow_s * 1000:
+                    log.warning("rpc.slow", elapsed_ms=elapsed_ms)
+                else:
+                    log.debug("rpc.completed", elapsed_ms=elapsed_ms)
                 return reply
             except AppError as exc:
+                code = exc.spec.grpc_status
                 log.info("rpc.failed", code=exc.code, elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
                 await context.abort_with_status(error_status(exc))
             except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except Exception:
-                log.exception("rpc.crashed")
-                await context.abort_with_status(error_status(AppError(errors.INTERNAL)))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away or its deadline passed
+                raise
+            except Exception as exc:
+                if _database_unavailable(exc):
+                    # No bug of ours, and the caller may retry (503 and Retry-After at the gateway). One line without
+                    # a traceback: during an outage every call ends here.
+                    code, spec = grpc.StatusCode.UNAVAILABLE, errors.DATABASE_UNAVAILABLE
+                    log.warning("rpc.database_unavailable", error=error_text(exc))
+                else:
+                    code, spec = grpc.StatusCode.INTERNAL, errors.INTERNAL
+                    log.exception("rpc.crashed")
+                await context.abort_with_status(error_status(AppError(spec)))
             finally:
+                record_server_call(method, code, started)
                 structlog.contextvars.clear_contextvars()
 
         return grpc.unary_unary_rpc_method_handler(
@@ -82,6 +165,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    # Imported here: the gateway imports this module (for REQUEST_ID_KEY) and has no database driver to load.
+    from libs.common.db import database_unavailable
+
+    return database_unavailable(exc)
 
 
 HealthProbe = Callable[[], Awaitable[bool]]
@@ -108,8 +198,9 @@ class GrpcServer:
     def __init__(self, settings: GrpcServiceSettings, *, service_names: Iterable[str]):
         self._settings = settings
         self._service_names = [*service_names]
+        self._interceptor = ServerInterceptor(slow_s=settings.grpc_slow_call_ms / 1000)
         self.server = grpc.aio.server(
-            interceptors=[ServerMetricsInterceptor(), ServerInterceptor()],
+            interceptors=[self._interceptor],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             options=server_options(settings),
         )
@@ -121,6 +212,10 @@ class GrpcServer:
         self.port = 0
         self._probes: list[HealthProbe] = []
         self._stopping = asyncio.Event()
+
+    def authenticate_with(self, authenticate: Authenticate) -> None:
+        """How callers are checked; until this is called, every RPC but health and reflection is refused."""
+        self._interceptor.authenticate = authenticate
 
     def add_probe(self, probe: HealthProbe) -> None:
         self._probes.append(probe)

@@ -226,17 +226,43 @@ class MeteredPool(AsyncAdaptedQueuePool):
         return self.size() + max(self._max_overflow, 0)
 
 
+PoolCounts = dict[str, int]  # limit, in_use, idle, waiting
+
+
+def _engine_counts(engine: Any) -> PoolCounts | None:
+    pool = engine.pool
+    if not isinstance(pool, MeteredPool):
+        return None
+    return {
+        "limit": pool.limit(),
+        "in_use": max(pool.checkedout(), 0),
+        "idle": pool.checkedin(),
+        "waiting": pool.waiting(),
+    }
+
+
+def _psycopg_counts(pool: Any) -> PoolCounts:
+    stats = pool.get_stats()  # plain numbers kept by the pool (and reset only by pop_stats, which we never call)
+    size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    return {
+        "limit": stats.get("pool_max", 0),
+        "in_use": max(size - available, 0),
+        "idle": available,
+        "waiting": stats.get("requests_waiting", 0),
+    }
+
+
 class _PoolCollector(Collector):
     """Reads the pools at scrape time (plain integers, no I/O), summed per pool name."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._engines: list[tuple[str, weakref.ref[sa.Engine]]] = []
+        self._pools: list[tuple[str, weakref.ref[Any], Callable[[Any], PoolCounts | None]]] = []
 
-    def track(self, name: str, engine: sa.Engine) -> None:
+    def track(self, name: str, pool: Any, counts: Callable[[Any], PoolCounts | None]) -> None:
         with self._lock:
-            self._engines = [(n, ref) for n, ref in self._engines if ref() is not None]
-            self._engines.append((name, weakref.ref(engine)))
+            self._pools = [entry for entry in self._pools if entry[1]() is not None]
+            self._pools.append((name, weakref.ref(pool), counts))
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         families = {
@@ -255,16 +281,14 @@ class _PoolCollector(Collector):
         }
         totals: dict[str, dict[str, int]] = {}
         with self._lock:
-            engines = [(name, ref()) for name, ref in self._engines]
-        for name, engine in engines:
-            pool = engine.pool if engine is not None else None
-            if not isinstance(pool, MeteredPool):
+            pools = [(name, ref(), counts) for name, ref, counts in self._pools]
+        for name, pool, counts in pools:
+            found = counts(pool) if pool is not None else None
+            if found is None:
                 continue
             row = totals.setdefault(name, {"limit": 0, "in_use": 0, "idle": 0, "waiting": 0})
-            row["limit"] += pool.limit()
-            row["in_use"] += max(pool.checkedout(), 0)
-            row["idle"] += pool.checkedin()
-            row["waiting"] += pool.waiting()
+            for key, value in found.items():
+                row[key] += value
         for name, row in sorted(totals.items()):
             for key, family in families.items():
                 family.add_metric([name], row[key])
@@ -277,7 +301,12 @@ REGISTRY.register(_POOLS)
 
 def track_pool(engine: AsyncEngine, name: str) -> None:
     """Exposes the engine's pool as `repolens_db_pool_*{pool=name}` (the engine must use `MeteredPool`)."""
-    _POOLS.track(name, engine.sync_engine)
+    _POOLS.track(name, engine.sync_engine, _engine_counts)
+
+
+def track_read_pool(pool: Any, name: str) -> None:
+    """Exposes a psycopg_pool pool (the hot reads') as `repolens_db_pool_*{pool=name}`."""
+    _POOLS.track(name, pool, _psycopg_counts)
 
 
 # ---------------------------------------------------------------------------------------------- exporter

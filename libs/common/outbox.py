@@ -6,14 +6,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
+import weakref
+from collections.abc import Callable
 
 import sqlalchemy as sa
 import structlog
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
-from libs.common.events import make_envelope, subject_for
+from libs.common.event_types import EventType
+from libs.common.events import make_envelope
 from libs.common.logging import error_text
 from libs.common.metrics import NATS_PUBLISHED, OUTBOX_RELAY_FAILURES
 from repolens.events.v1 import events_pb2
@@ -36,10 +41,45 @@ def outbox_table(metadata: sa.MetaData, schema: str) -> sa.Table:
     )
 
 
+# Keys of a connection's info: the transaction wrote outbox rows / committed some that the relay has not heard of.
+_WRITTEN, _COMMITTED = "repolens.outbox_written", "repolens.outbox_committed"
+
+
+_WAKERS: weakref.WeakKeyDictionary[sa.Engine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
+
+
+def wake_relay_on_commit(engine: AsyncEngine, wake: Callable[[], None]) -> None:
+    """Calls `wake` (the relay's notify) once a transaction that recorded events has committed and its connection
+    is back in the pool: no use case has to remember it, and the relay never looks before the commit is visible.
+    A rolled-back transaction wakes nothing."""
+    sync_engine = engine.sync_engine
+    if sync_engine in _WAKERS:
+        _WAKERS[sync_engine].append(wake)
+        return
+    wakers = _WAKERS.setdefault(sync_engine, [wake])
+
+    def committed(conn: sa.Connection) -> None:
+        if conn.info.pop(_WRITTEN, False):
+            conn.info[_COMMITTED] = True
+
+    def rolled_back(conn: sa.Connection) -> None:
+        conn.info.pop(_WRITTEN, None)
+
+    def returned(dbapi_connection: object, record: ConnectionPoolEntry) -> None:
+        if record.info.pop(_COMMITTED, False):
+            for each in wakers:
+                each()
+
+    event.listen(sync_engine, "commit", committed)
+    event.listen(sync_engine, "rollback", rolled_back)
+    event.listen(sync_engine, "checkin", returned)
+
+
 async def add_event(
     conn: AsyncConnection, table: sa.Table, *, subject: str, envelope: events_pb2.EventEnvelope
 ) -> None:
     """Records an event in the caller's transaction: it is published only if that commits."""
+    conn.info[_WRITTEN] = True
     await conn.execute(
         table.insert().values(
             id=uuid.UUID(envelope.id),
@@ -54,8 +94,7 @@ async def emit(
     conn: AsyncConnection,
     table: sa.Table,
     *,
-    service: str,
-    event_type: str,
+    event: EventType,
     payload: Message,
     actor_id: str = "",
     tenant_id: str = "",
@@ -63,9 +102,9 @@ async def emit(
     """Wraps a payload in an envelope (with the current request id) and records it in the outbox."""
     request_id = structlog.contextvars.get_contextvars().get("request_id") or ""
     envelope = make_envelope(
-        event_type=event_type, payload=payload, actor_id=actor_id, tenant_id=tenant_id, request_id=request_id
+        event_type=event.name, payload=payload, actor_id=actor_id, tenant_id=tenant_id, request_id=request_id
     )
-    await add_event(conn, table, subject=subject_for(service, event_type), envelope=envelope)
+    await add_event(conn, table, subject=event.subject, envelope=envelope)
 
 
 class OutboxRelay:
@@ -98,7 +137,8 @@ class OutboxRelay:
         self._stopped = asyncio.Event()
 
     def notify(self) -> None:
-        """Called after a commit that added events, so they leave at once instead of at the next poll."""
+        """Called after a commit that added events (`wake_relay_on_commit`), so they leave at once instead of at the
+        next poll."""
         self._wake.set()
 
     def stop(self) -> None:

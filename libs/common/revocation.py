@@ -19,20 +19,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from libs.common import errors
 from libs.common.errors import AppError
-from libs.common.events import EVENTS_STREAM, subject_for, unpack
+from libs.common.event_types import MEMBERSHIP_CHANGED, SESSION_REVOKED, TENANT_DELETED, USER_DEACTIVATED
+from libs.common.events import EVENTS_STREAM, unpack
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
 
-SESSION_REVOKED = "session.revoked"
-USER_DEACTIVATED = "user.deactivated"
-MEMBERSHIP_CHANGED = "membership.changed"
-TENANT_DELETED = "tenant.deleted"
-FEED = (
-    ("auth", SESSION_REVOKED),
-    ("auth", USER_DEACTIVATED),
-    ("tenants", MEMBERSHIP_CHANGED),
-    ("tenants", TENANT_DELETED),
-)
+FEED = (SESSION_REVOKED, USER_DEACTIVATED, MEMBERSHIP_CHANGED, TENANT_DELETED)
 
 log = structlog.get_logger(__name__)
 
@@ -77,17 +69,17 @@ class RevocationList:
         self._tenants = {k: v for k, v in self._tenants.items() if v > horizon}
 
     def apply(self, envelope: events_pb2.EventEnvelope) -> None:
-        if envelope.type == SESSION_REVOKED:
+        if envelope.type == SESSION_REVOKED.name:
             self.revoke_session(uuid.UUID(unpack(envelope, events_pb2.SessionRevoked).session_id))
-        elif envelope.type == USER_DEACTIVATED:
+        elif envelope.type == USER_DEACTIVATED.name:
             event = unpack(envelope, events_pb2.UserDeactivated)
             self.deactivate_user(uuid.UUID(event.user_id), event.deactivated_at.ToDatetime(dt.UTC).timestamp())
-        elif envelope.type == MEMBERSHIP_CHANGED:
+        elif envelope.type == MEMBERSHIP_CHANGED.name:
             change = unpack(envelope, events_pb2.MembershipChanged)
             if change.removed:
                 key = (uuid.UUID(change.user_id), uuid.UUID(change.tenant_id))
                 self._memberships[key] = change.changed_at.ToDatetime(dt.UTC).timestamp()
-        elif envelope.type == TENANT_DELETED:
+        elif envelope.type == TENANT_DELETED.name:
             deleted = unpack(envelope, events_pb2.TenantDeleted)
             self._tenants[uuid.UUID(deleted.tenant_id)] = deleted.deleted_at.ToDatetime(dt.UTC).timestamp()
 
@@ -110,9 +102,9 @@ class RevocationFeed:
 
     async def start(self) -> None:
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._ttl + 60)
-        for service, event_type in FEED:
+        for event in FEED:
             subscription = await self._js.subscribe(
-                subject_for(service, event_type),
+                event.subject,
                 stream=EVENTS_STREAM,
                 cb=self._on_message,
                 ordered_consumer=True,

@@ -18,10 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.common import metrics, migrations
 from libs.common.config import CommonSettings, GrpcServiceSettings
 from libs.common.consumer import EventConsumer, Handler
-from libs.common.db import create_engine, database_is_up, wait_for_database
+from libs.common.db import FastReads, create_engine, database_is_up, wait_for_database
+from libs.common.event_types import EventType
 from libs.common.events import EVENTS_STREAM, connect_nats, ensure_streams
 from libs.common.grpc_server import GrpcServer
-from libs.common.outbox import OutboxRelay
+from libs.common.heap import settle_heap
+from libs.common.identity import Access, Authenticator, CallerIdentity, ServiceIdentity
+from libs.common.outbox import OutboxRelay, wake_relay_on_commit
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +39,10 @@ class ServiceSpec:
     outbox: sa.Table
     inbox: sa.Table
     grpc_service_names: list[str]
-    consumer_subjects: list[str] = field(default_factory=list)
-    consumer_handlers: Mapping[str, Handler] = field(default_factory=dict)
+    # Which RPCs are public or take a service's credential; every other one takes a user's access token.
+    access: Access = field(default_factory=Access)
+    # The events the service consumes, each with its handler.
+    consumers: Mapping[EventType, Handler] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,10 +51,17 @@ class Runtime:
 
     settings: GrpcServiceSettings
     engine: AsyncEngine
+    reads: FastReads  # the hot reads' own pool, opened at its first read
     nats: NatsClient
     js: JetStreamContext
     relay: OutboxRelay
     server: GrpcServer
+    spec: ServiceSpec
+
+    def authenticate(self, users: CallerIdentity | None) -> None:
+        """Checks callers by the spec's access rules: users with `users`, services with INTERNAL_SERVICE_TOKENS."""
+        services = ServiceIdentity(self.settings.service_credentials)
+        self.server.authenticate_with(Authenticator(access=self.spec.access, users=users, services=services))
 
 
 Wiring = Callable[[Runtime], Awaitable[None]]
@@ -74,7 +86,11 @@ async def serve(
         poll_interval_s=settings.outbox_poll_interval_s,
         publish_timeout_s=settings.nats_request_timeout_s,
     )
-    runtime = Runtime(settings=settings, engine=engine, nats=nc, js=js, relay=relay, server=server)
+    wake_relay_on_commit(engine, relay.notify)
+    reads = FastReads(settings, application_name=spec.name)
+    runtime = Runtime(
+        settings=settings, engine=engine, reads=reads, nats=nc, js=js, relay=relay, server=server, spec=spec
+    )
     await wire(runtime)
 
     async def database_probe() -> bool:
@@ -96,14 +112,14 @@ async def serve(
         asyncio.create_task(server.watch_health(), name="health"),
     ]
     consumer: EventConsumer | None = None
-    if spec.consumer_handlers:
+    if spec.consumers:
         consumer = EventConsumer(
             js=js,
             engine=engine,
             inbox=spec.inbox,
             durable=spec.name,
-            subjects=spec.consumer_subjects,
-            handlers=spec.consumer_handlers,
+            subjects=[event.subject for event in spec.consumers],
+            handlers={event.name: handler for event, handler in spec.consumers.items()},
             max_deliver=settings.consumer_max_deliver,
             ack_wait_s=settings.consumer_ack_wait_s,
         )
@@ -113,6 +129,8 @@ async def serve(
     if consumer is not None:
         observed.sampler.watch_consumer(js, stream=EVENTS_STREAM, durable=spec.name)
     observed.start()
+    if stop is None:  # a process of its own, not embedded in another one's
+        settle_heap(settings)
     log.info("service.started", port=port)
     await server.wait_for_stop()
 
@@ -128,6 +146,7 @@ async def serve(
     # close, not drain: the relay and the consumer have stopped, and unacked events are redelivered anyway.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), timeout=5)
+    await reads.close()
     await engine.dispose()
     log.info("service.stopped")
 

@@ -65,13 +65,16 @@ class SlowQueryWatch:
         if started is None:
             return
         delattr(context, _STARTED)
-        elapsed = time.perf_counter() - started
-        if elapsed < self.threshold_s:
+        self.timed(statement, time.perf_counter() - started, error=error)
+
+    def timed(self, statement: str, elapsed_s: float, *, error: BaseException | None = None) -> None:
+        """Logs and counts one statement that took `elapsed_s`, when that is over the threshold."""
+        if elapsed_s < self.threshold_s:
             return
         DB_SLOW_QUERIES.labels(application=self.application).inc()
         fields: dict[str, Any] = {
             "application": self.application,
-            "duration_ms": round(elapsed * 1000, 1),
+            "duration_ms": round(elapsed_s * 1000, 1),
             "threshold_ms": round(self.threshold_s * 1000),
             "statement": statement_text(statement),
         }

@@ -103,6 +103,9 @@ class Stack:
             env["GRPC_PORT"] = str(self.grpc_ports[name])
         else:
             env.pop("GRPC_PORT", None)
+        if self.environment == "test":  # one gateway process, and every request in its log: tests read both
+            env["GATEWAY_WORKERS"] = "1"
+            env["ACCESS_LOG_SAMPLE_RATE"] = "1.0"
         env.update(self.extra_env)
         return env
 

@@ -10,28 +10,27 @@ import sys
 import uuid
 from collections.abc import Callable
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.common import metrics, migrations
 from libs.common.config import AnalysisSettings, MigrationSettings
-from libs.common.db import create_engine, wait_for_database
+from libs.common.db import FastReads, create_engine, wait_for_database
 from libs.common.error_reporting import configure_error_reporting
 from libs.common.events import connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
-from libs.common.identity import CallerIdentity
-from libs.common.jwks import grpc_jwks_fetcher
-from libs.common.logging import configure_logging, get_logger
-from libs.common.outbox import OutboxRelay
-from libs.common.revocation import RevocationFeed, RevocationList
+from libs.common.identity import follow_users
+from libs.common.logging import configure_logging, error_text, get_logger
+from libs.common.outbox import OutboxRelay, wake_relay_on_commit
+from libs.common.revocation import RevocationFeed
 from libs.common.service import Runtime, ServiceSpec, run_async, serve
-from libs.common.tokens import TokenVerifier
 from libs.common.tracing import configure_tracing
 from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
-from services.analysis import consumers, repository, tenant_migrations
+from services.analysis import consumers, repository, tenant_migrations, use_cases
 from services.analysis.domain import JOBS_STREAM, SERVICE_SCHEMA
 from services.analysis.jobs import ensure_jobs_stream
 from services.analysis.servicer import AnalysisServicer
-from services.analysis.tenant_config import TenantConfigClient
+from services.analysis.tenant_config import TenantConfigClient, all_memberships
 from services.analysis.use_cases import (
     SERVICE_MIGRATIONS,
     Analyses,
@@ -49,8 +48,7 @@ def _spec(forget: Callable[[str], None] | None = None) -> ServiceSpec:
         outbox=repository.outbox,
         inbox=repository.inbox,
         grpc_service_names=[analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name],
-        consumer_subjects=consumers.SUBJECTS,
-        consumer_handlers=consumers.handlers(forget or (lambda _: None)),
+        consumers=consumers.handlers(forget or (lambda _: None)),
     )
 
 
@@ -61,13 +59,34 @@ async def _tenants_behind(engine: AsyncEngine) -> int:
     return sum(count for revision, count in counts.items() if revision != head)
 
 
-def _analyses(settings: AnalysisSettings, runtime_engine: AsyncEngine, config: TenantConfigClient) -> Analyses:
+def _analyses(
+    settings: AnalysisSettings, runtime_engine: AsyncEngine, config: TenantConfigClient, reads: FastReads | None = None
+) -> Analyses:
     return Analyses(
         engine=runtime_engine,
         tenant_config=config,
+        reads=reads,
         deployment_hosts=tuple(settings.repository_hosts),
         allow_local=settings.allow_local_repositories,
+        max_repositories=settings.tenant_max_repositories,
+        max_queued_analyses=settings.tenant_max_queued_analyses,
+        max_analyses_per_hour=settings.tenant_max_analyses_per_hour,
     )
+
+
+async def _fill_projection(settings: AnalysisSettings, analyses: Analyses, tenants: grpc.aio.Channel) -> None:
+    """Roles come from the membership projection: a deployment upgraded from before it has none yet. Until the
+    tenants service answers, tries again every few seconds (the gRPC server serves meanwhile)."""
+    while True:
+        try:
+            pages = all_memberships(
+                tenants, service_token=settings.service_token.get_secret_value(), deadline_s=settings.grpc_deadline_s
+            )
+            await use_cases.fill_membership_projection(analyses=analyses, pages=pages)
+            return
+        except Exception as exc:
+            log.warning("memberships.projection_fill_failed", error=error_text(exc))
+            await asyncio.sleep(2.0)
 
 
 async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
@@ -77,6 +96,7 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
         tenants_channel, service_token=settings.service_token.get_secret_value(), deadline_s=settings.grpc_deadline_s
     )
     feed: RevocationFeed | None = None
+    tasks: list[asyncio.Task[None]] = []
 
     def forget(tenant_id: str) -> None:
         with contextlib.suppress(ValueError):
@@ -88,26 +108,19 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
         if behind:
             raise migrations.SchemaBehindError(f"{behind} tenant schemas are behind; run migrate up")
         await ensure_jobs_stream(runtime.js)
-        verifier = TokenVerifier(
-            fetch_jwks=grpc_jwks_fetcher(auth_channel, deadline_s=settings.grpc_deadline_s),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            cache_ttl_s=settings.jwks_cache_ttl_s,
-            refresh_min_interval_s=settings.jwks_refresh_min_interval_s,
-        )
-        revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
-        feed = RevocationFeed(js=runtime.js, revocations=revocations, access_token_ttl_s=settings.access_token_ttl_s)
-        await feed.start()
-        analyses = _analyses(settings, runtime.engine, config)
-        analyses.on_events = runtime.relay.notify
-        analysis_pb2_grpc.add_AnalysisServiceServicer_to_server(
-            AnalysisServicer(analyses=analyses, identity=CallerIdentity(verifier=verifier, revocations=revocations)),
-            runtime.server.server,
-        )
+        users, feed = await follow_users(settings, js=runtime.js, auth_channel=auth_channel)
+        runtime.authenticate(users)  # every RPC of the analysis service takes a user's token
+        analyses = _analyses(settings, runtime.engine, config, runtime.reads)
+        tasks.append(asyncio.create_task(_fill_projection(settings, analyses, tenants_channel)))
+        servicer = AnalysisServicer(analyses=analyses)
+        analysis_pb2_grpc.add_AnalysisServiceServicer_to_server(servicer, runtime.server.server)
 
     try:
         await serve(_spec(forget), settings, wire, stop=stop)
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if feed is not None:
             await feed.stop()
         await auth_channel.close()
@@ -116,7 +129,7 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
 
 async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
     """A worker process: no gRPC server, just jobs. SIGTERM stops taking jobs and lets running ones end."""
-    from services.analysis.engine.llm_review import ReviewSettings  # the engine is imported by workers only
+    from services.analysis.engine.context import EngineSettings  # the engine is imported by workers only
     from services.analysis.worker import DURABLE, Worker
 
     stop = stop or asyncio.Event()
@@ -140,22 +153,17 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         ttl_s=5.0,
     )
     analyses = _analyses(settings, engine, config)
-    analyses.on_events = relay.notify
+    wake_relay_on_commit(engine, relay.notify)
     worker = Worker(
         analyses=analyses,
         js=js,
+        engine=EngineSettings.from_settings(settings),
         concurrency=settings.worker_concurrency,
         max_attempts=settings.max_attempts,
         ack_wait_s=settings.job_ack_wait_s,
-        fetch_timeout_s=settings.fetch_timeout_s,
-        max_repository_bytes=settings.max_repository_bytes,
-        churn_window_days=settings.churn_window_days,
-        churn_max_commits=settings.churn_max_commits,
-        work_dir=settings.work_dir,
         engine_processes=settings.engine_processes,
-        engine_cache_dir=settings.engine_cache_dir,
-        engine_cache_max_entries=settings.engine_cache_max_entries,
-        review=ReviewSettings.from_settings(settings),
+        tenant_max_running=settings.tenant_max_running_analyses,
+        job_max_deliveries=settings.job_max_deliveries,
     )
     relaying = asyncio.create_task(relay.run())
     # The worker serves no API: its probes ask the metrics port whether its loop runs and it is taking jobs.

@@ -1,4 +1,4 @@
-"""NATS event handlers of the analysis service."""
+"""The events the analysis service consumes, and their handlers."""
 
 from __future__ import annotations
 
@@ -7,23 +7,18 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.consumer import Handler
-from libs.common.events import subject_for
+from libs.common.event_types import MEMBERSHIP_CHANGED, SETTINGS_CHANGED, TENANT_CREATED, TENANT_DELETED, EventType
 from repolens.events.v1 import events_pb2
 from services.analysis import use_cases
 
-SUBJECTS = [
-    subject_for("tenants", "tenant.created"),
-    subject_for("tenants", "tenant.deleted"),
-    subject_for("tenants", "settings.changed"),
-]
 
-
-def handlers(forget_settings: Callable[[str], None]) -> dict[str, Handler]:
+def handlers(forget_settings: Callable[[str], None]) -> dict[EventType, Handler]:
     async def settings_changed(conn: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
         forget_settings(envelope.tenant_id)
 
     return {
-        "tenant.created": use_cases.on_tenant_created,
-        "tenant.deleted": use_cases.on_tenant_deleted,
-        "settings.changed": settings_changed,
+        TENANT_CREATED: use_cases.on_tenant_created,
+        TENANT_DELETED: use_cases.on_tenant_deleted,
+        SETTINGS_CHANGED: settings_changed,
+        MEMBERSHIP_CHANGED: use_cases.on_membership_changed,
     }

@@ -6,11 +6,11 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from libs.common import errors
 from libs.common.errors import AppError
 from libs.common.migrations import checked_schema
+from repolens.tenants.v1 import tenants_pb2
 
 SERVICE_SCHEMA = "analysis"
 TENANT_SCHEMA = re.compile(r"^t_[0-9a-f]{32}$")
@@ -20,10 +20,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
-# Events and jobs this service publishes.
+# The job this service queues for its workers (its events are in libs/common/event_types.py).
 ANALYSIS_REQUESTED = "analysis.requested"
-ANALYSIS_COMPLETED = "analysis.completed"
-ANALYSIS_FAILED = "analysis.failed"
 JOBS_STREAM = "JOBS"
 JOBS_SUBJECT = "repolens.jobs.analysis"
 
@@ -76,6 +74,15 @@ class Analysis:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalysisUsage:
+    """What the analysis quotas count in a tenant's schema."""
+
+    active: int  # queued or running
+    recent: int  # queued since the hour's window opened, counted up to the hourly limit
+    oldest_recent: uuid.UUID | None  # the first of those to leave the window
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     """What the engine needs from the tenant's settings (read through the internal RPC)."""
 
@@ -85,15 +92,8 @@ class TenantConfig:
     openai_api_key: str = field(default="", repr=False)
     llm_provider: str = "none"  # none, anthropic or openai
     llm_model: str = ""  # empty: the deployment's default model for the provider
-    quality_gate: dict[str, int] = field(
-        default_factory=lambda: {
-            "max_function_complexity": 15,
-            "max_high_findings": 0,
-            "max_secrets": 0,
-            "max_file_lines": 1000,
-        }
-    )
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The tenant's gate, as the tenants service keeps it (its defaults live there, with its rules).
+    quality_gate: tenants_pb2.QualityGate = field(default_factory=tenants_pb2.QualityGate)
 
     @property
     def llm_api_key(self) -> str:

@@ -10,7 +10,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common import metrics
 from libs.common.consumer import inbox_table
 from libs.common.migrations import checked_schema
 from libs.common.outbox import outbox_table
@@ -22,6 +21,7 @@ from services.analysis.domain import (
     SUCCEEDED,
     TENANT_SCHEMA,
     Analysis,
+    AnalysisUsage,
     Repository,
 )
 
@@ -34,6 +34,25 @@ tenant_schemas = sa.Table(
     sa.Column("revision", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Column("migrated_at", sa.DateTime(timezone=True)),
+    schema=SERVICE_SCHEMA,
+)
+memberships = sa.Table(
+    "memberships",
+    service_metadata,
+    sa.Column("tenant_id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.Uuid, primary_key=True),
+    sa.Column("role", sa.Text),
+    sa.Column("removed", sa.Boolean),
+    sa.Column("version", sa.BigInteger),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+    schema=SERVICE_SCHEMA,
+)
+leases = sa.Table(
+    "leases",
+    service_metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
     schema=SERVICE_SCHEMA,
 )
 outbox = outbox_table(service_metadata, SERVICE_SCHEMA)
@@ -86,6 +105,65 @@ async def use_tenant_schema(conn: AsyncConnection, schema: str) -> None:
 async def schema_of(conn: AsyncConnection, tenant_id: uuid.UUID) -> str | None:
     query = sa.select(tenant_schemas.c.schema_name).where(tenant_schemas.c.tenant_id == tenant_id)
     return (await conn.execute(query)).scalar_one_or_none()
+
+
+async def schema_and_role(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[str, str | None] | None:
+    """The tenant's schema and the user's current role in it, in one round trip: None without a schema; a role
+    of None while the membership has not arrived, "" once it was removed."""
+    query = (
+        sa.select(tenant_schemas.c.schema_name, memberships.c.role, memberships.c.removed)
+        .select_from(
+            tenant_schemas.outerjoin(
+                memberships,
+                sa.and_(memberships.c.tenant_id == tenant_schemas.c.tenant_id, memberships.c.user_id == user_id),
+            )
+        )
+        .where(tenant_schemas.c.tenant_id == tenant_id)
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    if row.role is None:
+        return row.schema_name, None
+    return row.schema_name, "" if row.removed else row.role
+
+
+# The membership projection (of the tenants service's data, kept by membership.changed)
+
+
+async def upsert_membership(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, user_id: uuid.UUID, role: str, removed: bool, version: int
+) -> None:
+    """Keeps the newest version only: events may arrive out of order, and a sync may overlap them."""
+    statement = insert(memberships).values(
+        tenant_id=tenant_id, user_id=user_id, role=role, removed=removed, version=version
+    )
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[memberships.c.tenant_id, memberships.c.user_id],
+            set_={
+                "role": statement.excluded.role,
+                "removed": statement.excluded.removed,
+                "version": statement.excluded.version,
+                "updated_at": sa.func.now(),
+            },
+            where=memberships.c.version < statement.excluded.version,
+        )
+    )
+
+
+async def forget_memberships(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    await conn.execute(memberships.delete().where(memberships.c.tenant_id == tenant_id))
+
+
+async def has_memberships(conn: AsyncConnection) -> bool:
+    return bool((await conn.execute(sa.select(sa.exists(sa.select(memberships.c.tenant_id))))).scalar())
+
+
+async def has_tenant_schemas(conn: AsyncConnection) -> bool:
+    return bool((await conn.execute(sa.select(sa.exists(sa.select(tenant_schemas.c.tenant_id))))).scalar())
 
 
 async def record_tenant_schema(conn: AsyncConnection, *, tenant_id: uuid.UUID, schema: str, revision: str) -> None:
@@ -179,6 +257,35 @@ async def delete_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> 
     return result.first() is not None
 
 
+# Quotas: each count runs under lock_quota, in the transaction of the insert it allows.
+
+
+async def lock_quota(conn: AsyncConnection, tenant_id: uuid.UUID, quota: str) -> None:
+    """Serialises one tenant's count-then-insert for one quota until the transaction ends, rollback included, so
+    two concurrent requests cannot both take the last place."""
+    await conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext(:quota), hashtext(:tenant))"),
+        {"quota": f"analysis:quota:{quota}", "tenant": str(tenant_id)},
+    )
+
+
+async def repository_count(conn: AsyncConnection, *, at_most: int) -> int:
+    """The tenant's repositories, counted up to `at_most` along the primary key: bounded whatever the table holds."""
+    bounded = sa.select(repositories.c.id).order_by(repositories.c.id).limit(at_most).subquery()
+    return int((await conn.execute(sa.select(sa.func.count()).select_from(bounded))).scalar_one())
+
+
+async def analysis_usage(conn: AsyncConnection, *, since: uuid.UUID, recent_at_most: int) -> AnalysisUsage:
+    """In one round trip: analyses queued or running (the status index), and those queued since `since` (ids are
+    time-ordered, so the primary key), counted up to `recent_at_most`, with the oldest of them."""
+    active = sa.select(sa.func.count()).where(analyses.c.status.in_((QUEUED, RUNNING))).scalar_subquery()
+    window = sa.select(analyses.c.id).where(analyses.c.id >= since).order_by(analyses.c.id)
+    recent = sa.select(sa.func.count()).select_from(window.limit(recent_at_most).subquery()).scalar_subquery()
+    oldest = window.limit(1).scalar_subquery()  # no min() for uuid in PostgreSQL
+    row = (await conn.execute(sa.select(active.label("active"), recent.label("recent"), oldest.label("oldest")))).one()
+    return AnalysisUsage(active=int(row.active), recent=int(row.recent), oldest_recent=row.oldest)
+
+
 # Analyses
 
 _ANALYSIS_COLUMNS = [c for c in analyses.c if c.name != "report"]
@@ -215,6 +322,29 @@ async def add_analysis(
         )
     ).one()
     return _analysis(row)
+
+
+# The read a CI job polls, in one round trip with what authorises it (FastReads, with the tenant's schema): the
+# tenant's schema row, the caller's membership and the analysis. No row: the tenant has not arrived; no role: the
+# membership has not; no id: no such analysis.
+ANALYSIS_AS_MEMBER = (
+    sa.select(tenant_schemas.c.schema_name, memberships.c.role, memberships.c.removed, *_ANALYSIS_COLUMNS)
+    .select_from(
+        tenant_schemas.outerjoin(
+            memberships,
+            sa.and_(
+                memberships.c.tenant_id == tenant_schemas.c.tenant_id,
+                memberships.c.user_id == sa.bindparam("user_id", type_=sa.Uuid),
+            ),
+        ).outerjoin(analyses, analyses.c.id == sa.bindparam("analysis_id", type_=sa.Uuid))
+    )
+    .where(tenant_schemas.c.tenant_id == sa.bindparam("tenant_id", type_=sa.Uuid))
+)
+
+
+def analysis_of_row(row: Any) -> Analysis | None:
+    """The analysis in a row of ANALYSIS_AS_MEMBER, if any."""
+    return _analysis(row) if row.id is not None else None
 
 
 async def analysis_by_id(conn: AsyncConnection, analysis_id: uuid.UUID, *, for_update: bool = False) -> Analysis | None:
@@ -300,10 +430,7 @@ async def finish(
         )
         .returning(analyses.c.id)
     )
-    ended = result.first() is not None
-    if ended:  # the one place every path (worker, cancel of a queued analysis) ends an analysis, exactly once
-        metrics.analysis_ended(status, timings)
-    return ended
+    return result.first() is not None
 
 
 async def request_cancel(conn: AsyncConnection, analysis_id: uuid.UUID) -> None:
@@ -333,17 +460,31 @@ async def previous_report(
     return {**row.report, "analysis_id": str(row.id)}
 
 
-async def lock_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> bool:
-    """One running analysis per repository: a session lock held for the whole run, freed if the worker dies."""
+# Leases: a worker's hold on a repository and on a place of a tenant's share (migration s0004)
+
+
+async def take_lease(conn: AsyncConnection, *, key: str, holder: str, lease_s: float) -> bool:
+    """The lease on `key` for `holder`, for `lease_s` seconds: taken when nobody holds it or its lease lapsed."""
+    until = sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, lease_s)
+    statement = insert(leases).values(key=key, holder=holder, expires_at=until)
     result = await conn.execute(
-        sa.text("SELECT pg_try_advisory_lock(hashtext('analysis:repository'), hashtext(:id))"),
-        {"id": str(repository_id)},
+        statement.on_conflict_do_update(
+            index_elements=[leases.c.key],
+            set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
+            where=leases.c.expires_at < sa.func.now(),
+        ).returning(leases.c.key)
     )
-    return bool(result.scalar_one())
+    return result.first() is not None
 
 
-async def unlock_repository(conn: AsyncConnection, repository_id: uuid.UUID) -> None:
-    await conn.execute(
-        sa.text("SELECT pg_advisory_unlock(hashtext('analysis:repository'), hashtext(:id))"),
-        {"id": str(repository_id)},
+async def renew_leases(conn: AsyncConnection, *, holder: str, lease_s: float) -> int:
+    """Extends every lease of `holder`; how many it still held (a lapsed one taken by another is lost)."""
+    until = sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, lease_s)
+    result = await conn.execute(
+        leases.update().where(leases.c.holder == holder).values(expires_at=until).returning(leases.c.key)
     )
+    return len(result.all())
+
+
+async def release_leases(conn: AsyncConnection, *, holder: str) -> None:
+    await conn.execute(leases.delete().where(leases.c.holder == holder))

@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
 from libs.common.events import timestamp
-from libs.common.identity import CallerIdentity
+from libs.common.identity import caller
 from libs.common.pagination import encode_cursor
 from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from services.analysis import use_cases
@@ -52,6 +51,11 @@ def _analysis(analysis: Analysis) -> analysis_pb2.Analysis:
     return message
 
 
+def _json(document: dict[str, Any]) -> bytes:
+    """A JSON document as it crosses gRPC: compact (it grows with the findings), UTF-8, numbers as they are."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _finding(finding: dict[str, Any]) -> analysis_pb2.Finding:
     return analysis_pb2.Finding(
         rule_id=finding["rule_id"],
@@ -65,14 +69,13 @@ def _finding(finding: dict[str, Any]) -> analysis_pb2.Finding:
 
 
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
-    def __init__(self, *, analyses: Analyses, identity: CallerIdentity):
+    def __init__(self, *, analyses: Analyses):
         self._analyses = analyses
-        self._identity = identity
 
     async def CreateRepository(
         self, request: analysis_pb2.CreateRepositoryRequest, context: Context
     ) -> analysis_pb2.CreateRepositoryResponse:
-        claims = await self._identity(context)
+        claims = caller()
         repository = await use_cases.create_repository(
             analyses=self._analyses,
             claims=claims,
@@ -85,7 +88,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def ListRepositories(
         self, request: analysis_pb2.ListRepositoriesRequest, context: Context
     ) -> analysis_pb2.ListRepositoriesResponse:
-        claims = await self._identity(context)
+        claims = caller()
         page = await use_cases.list_repositories(
             analyses=self._analyses,
             claims=claims,
@@ -101,7 +104,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def GetRepository(
         self, request: analysis_pb2.GetRepositoryRequest, context: Context
     ) -> analysis_pb2.GetRepositoryResponse:
-        claims = await self._identity(context)
+        claims = caller()
         repository = await use_cases.get_repository(
             analyses=self._analyses, claims=claims, repository_id=request.repository_id
         )
@@ -110,7 +113,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def UpdateRepository(
         self, request: analysis_pb2.UpdateRepositoryRequest, context: Context
     ) -> analysis_pb2.UpdateRepositoryResponse:
-        claims = await self._identity(context)
+        claims = caller()
         repository = await use_cases.update_repository(
             analyses=self._analyses,
             claims=claims,
@@ -123,14 +126,14 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def DeleteRepository(
         self, request: analysis_pb2.DeleteRepositoryRequest, context: Context
     ) -> analysis_pb2.DeleteRepositoryResponse:
-        claims = await self._identity(context)
+        claims = caller()
         await use_cases.delete_repository(analyses=self._analyses, claims=claims, repository_id=request.repository_id)
         return analysis_pb2.DeleteRepositoryResponse()
 
     async def StartAnalysis(
         self, request: analysis_pb2.StartAnalysisRequest, context: Context
     ) -> analysis_pb2.StartAnalysisResponse:
-        claims = await self._identity(context)
+        claims = caller()
         analysis = await use_cases.start_analysis(
             analyses=self._analyses, claims=claims, repository_id=request.repository_id, ref=request.ref
         )
@@ -139,7 +142,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def ListAnalyses(
         self, request: analysis_pb2.ListAnalysesRequest, context: Context
     ) -> analysis_pb2.ListAnalysesResponse:
-        claims = await self._identity(context)
+        claims = caller()
         page = await use_cases.list_analyses(
             analyses=self._analyses,
             claims=claims,
@@ -156,14 +159,14 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def GetAnalysis(
         self, request: analysis_pb2.GetAnalysisRequest, context: Context
     ) -> analysis_pb2.GetAnalysisResponse:
-        claims = await self._identity(context)
+        claims = caller()
         analysis = await use_cases.get_analysis(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
         return analysis_pb2.GetAnalysisResponse(analysis=_analysis(analysis))
 
     async def CancelAnalysis(
         self, request: analysis_pb2.CancelAnalysisRequest, context: Context
     ) -> analysis_pb2.CancelAnalysisResponse:
-        claims = await self._identity(context)
+        claims = caller()
         analysis = await use_cases.cancel_analysis(
             analyses=self._analyses, claims=claims, analysis_id=request.analysis_id
         )
@@ -172,7 +175,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def ListFindings(
         self, request: analysis_pb2.ListFindingsRequest, context: Context
     ) -> analysis_pb2.ListFindingsResponse:
-        claims = await self._identity(context)
+        claims = caller()
         page, token = await use_cases.list_findings(
             analyses=self._analyses,
             claims=claims,
@@ -188,7 +191,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def DiffAnalyses(
         self, request: analysis_pb2.DiffAnalysesRequest, context: Context
     ) -> analysis_pb2.DiffAnalysesResponse:
-        claims = await self._identity(context)
+        claims = caller()
         new, fixed, unchanged = await use_cases.diff_analyses(
             analyses=self._analyses,
             claims=claims,
@@ -202,14 +205,10 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     async def GetReport(
         self, request: analysis_pb2.GetReportRequest, context: Context
     ) -> analysis_pb2.GetReportResponse:
-        claims = await self._identity(context)
-        report = await use_cases.get_report(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
-        message = struct_pb2.Struct()
-        message.update(report)
-        return analysis_pb2.GetReportResponse(report=message)
+        report = await use_cases.get_report(analyses=self._analyses, claims=caller(), analysis_id=request.analysis_id)
+        return analysis_pb2.GetReportResponse(report_json=_json(report))
 
     async def GetSarif(self, request: analysis_pb2.GetSarifRequest, context: Context) -> analysis_pb2.GetSarifResponse:
-        claims = await self._identity(context)
+        claims = caller()
         log = await use_cases.get_sarif(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
-        # Compact: the log crosses gRPC in one message, and it grows with the number of findings.
-        return analysis_pb2.GetSarifResponse(sarif=json.dumps(log, ensure_ascii=False, separators=(",", ":")).encode())
+        return analysis_pb2.GetSarifResponse(sarif=_json(log))

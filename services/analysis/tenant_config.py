@@ -1,16 +1,17 @@
-"""The tenant's settings the engine needs, read from the tenants service with this service's identity."""
+"""What this service reads from the tenants service with its own identity: the tenant's settings the engine needs,
+and every membership (to fill the projection of roles when the service starts without one)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from libs.common import tracing
 from libs.common.deadlines import outgoing_timeout
-from libs.common.grpc_client import error_from_rpc
+from libs.common.grpc_client import call
 from libs.common.identity import SERVICE_TOKEN_KEY
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.analysis.domain import TenantConfig
@@ -33,18 +34,13 @@ class TenantConfigClient:
         cached = self._cache.get(tenant_id)
         if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
             return cached[1]
-        metadata = [*self._metadata]
-        try:
-            with tracing.outgoing_rpc(self._stub.GetTenantSecrets, metadata):
-                reply = await self._stub.GetTenantSecrets(
-                    tenants_pb2.GetTenantSecretsRequest(tenant_id=str(tenant_id)),
-                    metadata=metadata,
-                    # What is left of our caller's deadline (none for a worker's job), at most our own.
-                    timeout=outgoing_timeout(self._deadline_s),
-                )
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
-        gate = reply.quality_gate
+        reply = await call(
+            self._stub.GetTenantSecrets,
+            tenants_pb2.GetTenantSecretsRequest(tenant_id=str(tenant_id)),
+            metadata=self._metadata,
+            # What is left of our caller's deadline (none for a worker's job), at most our own.
+            deadline_s=outgoing_timeout(self._deadline_s),
+        )
         config = TenantConfig(
             allowed_hosts=tuple(reply.allowed_hosts),
             github_token=reply.github_token,
@@ -52,12 +48,26 @@ class TenantConfigClient:
             openai_api_key=reply.openai_api_key,
             llm_provider=reply.llm_provider or "none",
             llm_model=reply.llm_model,
-            quality_gate={
-                "max_function_complexity": gate.max_function_complexity,
-                "max_high_findings": gate.max_high_findings,
-                "max_secrets": gate.max_secrets,
-                "max_file_lines": gate.max_file_lines,
-            },
+            quality_gate=reply.quality_gate,
         )
         self._cache[tenant_id] = (time.monotonic(), config)
         return config
+
+
+async def all_memberships(
+    channel: grpc.aio.Channel, *, service_token: str, deadline_s: float
+) -> AsyncIterator[list[tenants_pb2.MembershipRecord]]:
+    """Every membership of every active tenant, a page at a time."""
+    stub: Any = tenants_pb2_grpc.TenantsInternalServiceStub(channel)
+    cursor = ""
+    while True:
+        reply = await call(
+            stub.ListMemberships,
+            tenants_pb2.ListMembershipsRequest(page_size=1000, page_token=cursor),
+            metadata=[(SERVICE_TOKEN_KEY, service_token)],
+            deadline_s=deadline_s,
+        )
+        yield list(reply.memberships)
+        cursor = reply.next_page_token
+        if not cursor:
+            return

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -15,6 +13,7 @@ from alembic.script import ScriptDirectory
 from libs.common import migrations
 from libs.common.config import MigrationSettings
 from libs.common.logging import get_logger
+from libs.common.processes import process_pool
 from services.analysis.domain import SERVICE_SCHEMA, tenant_schema
 from services.analysis.use_cases import SERVICE_MIGRATIONS, TENANT_MIGRATIONS, upgrade_tenant_schema
 
@@ -81,7 +80,7 @@ def _migrate_tenants(settings: MigrationSettings, tenant_ids: list[uuid.UUID]) -
     size = max(1, min(25, len(tenant_ids) // (workers * 4) or 1))
     chunks = [tenant_ids[i : i + size] for i in range(0, len(tenant_ids), size)]
     failures = 0
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with process_pool(workers) as pool:  # they end with this command, even when it is killed
         for failed in pool.map(_migrate_chunk, [settings.sqlalchemy_url] * len(chunks), chunks):
             for tenant_id, error in failed:
                 failures += 1

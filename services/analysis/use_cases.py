@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -14,20 +15,25 @@ import sqlalchemy as sa
 import structlog
 from alembic import command
 from alembic.script import ScriptDirectory
+from psycopg.errors import UndefinedTable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common import errors, metrics
-from libs.common.errors import AppError
-from libs.common.events import make_envelope, new_id, propagated, unpack
+from libs.common.db import FastReads, autocommit
+from libs.common.errors import AppError, ErrorSpec
+from libs.common.event_types import ANALYSIS_COMPLETED, ANALYSIS_FAILED
+from libs.common.events import first_id_at, id_time, make_envelope, new_id, propagated, unpack
 from libs.common.migrations import alembic_config
 from libs.common.outbox import add_event, emit
 from libs.common.pagination import Page, decode_cursor, page_limit, page_of
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
+from repolens.tenants.v1 import tenants_pb2
 from services.analysis import repository as repo
 from services.analysis.domain import (
     ANALYSIS_REQUESTED,
     CANCELLED,
+    FAILED,
     FINISHED,
     JOBS_SUBJECT,
     QUEUED,
@@ -49,6 +55,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 TENANT_MIGRATIONS = MIGRATIONS / "tenant"
 SERVICE_MIGRATIONS = MIGRATIONS / "service"
 WRITERS = ("owner", "admin", "member")
+HOUR = dt.timedelta(hours=1)
 
 TenantConfigSource = Callable[[uuid.UUID], Awaitable[TenantConfig]]
 
@@ -59,13 +66,12 @@ class Analyses:
 
     engine: AsyncEngine
     tenant_config: TenantConfigSource
+    reads: FastReads | None = None  # the API's hot reads; None in the worker, which serves none
     deployment_hosts: tuple[str, ...] = ("github.com",)
     allow_local: bool = False
-    on_events: Callable[[], None] | None = None
-
-    def events_written(self) -> None:
-        if self.on_events is not None:
-            self.on_events()
+    max_repositories: int = 1000
+    max_queued_analyses: int = 100
+    max_analyses_per_hour: int = 600
 
 
 def tenant_head() -> str:
@@ -79,7 +85,10 @@ def tenant_head() -> str:
 
 def upgrade_tenant_schema(sync_conn: sa.Connection, schema: str, revision: str = "head") -> None:
     config = alembic_config(script_location=TENANT_MIGRATIONS, schema=schema, sqlalchemy_url="")
-    config.attributes["connection"] = sync_conn
+    # A migration's statements name their schema, so none is ever run again: kept in the engine's statement cache
+    # (500 entries) they would push out the statements every request runs, and grow the process by tens of KiB
+    # for each new tenant until the cache is full (bench/soak.py saw the analysis service grow 10.8% that way).
+    config.attributes["connection"] = sync_conn.execution_options(compiled_cache=None)
     command.upgrade(config, revision)
 
 
@@ -101,27 +110,106 @@ async def on_tenant_deleted(conn: AsyncConnection, envelope: events_pb2.EventEnv
     event = unpack(envelope, events_pb2.TenantDeleted)
     tenant_id = uuid.UUID(event.tenant_id)
     await repo.drop_tenant_schema(conn, tenant_id=tenant_id, schema=tenant_schema(tenant_id))
+    await repo.forget_memberships(conn, tenant_id)
     log.info("tenant_schema.dropped", tenant_id=str(tenant_id))
+
+
+async def _scope(conn: AsyncConnection, tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> tuple[str, str] | None:
+    """The tenant's schema and (for a user) their current role, or None while either has not arrived yet; a removed
+    member's role is ""."""
+    if user_id is None:
+        schema = await repo.schema_of(conn, tenant_id)
+        return (schema, "") if schema is not None else None
+    found = await repo.schema_and_role(conn, tenant_id=tenant_id, user_id=user_id)
+    return None if found is None or found[1] is None else (found[0], found[1])
+
+
+@contextlib.asynccontextmanager
+async def _in_tenant(
+    engine: AsyncEngine, tenant_id: uuid.UUID, user_id: uuid.UUID | None
+) -> AsyncIterator[tuple[AsyncConnection, str]]:
+    """One transaction in the tenant's schema, with the user's current role. A tenant (or a membership) created a
+    moment ago comes by event: then wait a little for it, holding no connection meanwhile (a transaction held
+    open while waiting would take a pooled connection from every other call), before answering not found."""
+    async with engine.begin() as conn:
+        scope = await _scope(conn, tenant_id, user_id)
+        if scope is not None:  # nearly always: one query, in the transaction that follows
+            await repo.use_tenant_schema(conn, scope[0])
+            yield conn, scope[1]
+            return
+
+    async def arrived() -> tuple[str, str] | None:
+        async with autocommit(engine).connect() as probe:
+            return await _scope(probe, tenant_id, user_id)
+
+    scope = await propagated(arrived)
+    if scope is None:
+        raise AppError(errors.TENANT_NOT_FOUND)
+    async with engine.begin() as conn:
+        await repo.use_tenant_schema(conn, scope[0])
+        yield conn, scope[1]
 
 
 @contextlib.asynccontextmanager
 async def tenant_transaction(engine: AsyncEngine, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
-    """One transaction in the tenant's schema. A tenant created a moment ago may not have its
-    schema yet (it comes by event), so wait a little before answering not found."""
-    async with engine.begin() as conn:
-        schema = await propagated(lambda: repo.schema_of(conn, tenant_id))  # read committed: each try sees new rows
-        if schema is None:
-            raise AppError(errors.TENANT_NOT_FOUND)
-        await repo.use_tenant_schema(conn, schema)
+    """One transaction in the tenant's schema (for the workers, which act for no user)."""
+    async with _in_tenant(engine, tenant_id, None) as (conn, _):
         yield conn
 
 
+@contextlib.asynccontextmanager
+async def acting(analyses: Analyses, claims: AccessClaims, *, writes: bool = False) -> AsyncIterator[AsyncConnection]:
+    """One transaction in the caller's tenant, as the caller: their current role decides (the membership
+    projection, kept by `membership.changed`), never the role in their token, which may be 15 minutes old.
+    A removed member gets not found."""
+    async with _in_tenant(analyses.engine, claims.tenant_id, claims.user_id) as (conn, role):
+        if not role:
+            raise AppError(errors.TENANT_NOT_FOUND)
+        if writes and role not in WRITERS:
+            raise AppError(errors.FORBIDDEN)
+        yield conn
+
+
+async def on_membership_changed(conn: AsyncConnection, envelope: events_pb2.EventEnvelope) -> None:
+    """Consumer of `membership.changed`: the roles every call of this service is authorised by."""
+    event = unpack(envelope, events_pb2.MembershipChanged)
+    await repo.upsert_membership(
+        conn,
+        tenant_id=uuid.UUID(event.tenant_id),
+        user_id=uuid.UUID(event.user_id),
+        role=event.role or "viewer",
+        removed=event.removed,
+        version=event.version,
+    )
+
+
+async def fill_membership_projection(
+    *, analyses: Analyses, pages: AsyncIterator[list[tenants_pb2.MembershipRecord]]
+) -> int | None:
+    """Fills an empty projection from the tenants service's memberships (a deployment that had tenants before the
+    projection existed); the number of memberships read, or None when there was nothing to fill. Events that arrive
+    meanwhile are not lost: every write keeps the newest version."""
+    async with analyses.engine.connect() as conn:
+        if await repo.has_memberships(conn) or not await repo.has_tenant_schemas(conn):
+            return None
+    count = 0
+    async for page in pages:
+        async with analyses.engine.begin() as conn:
+            for record in page:
+                await repo.upsert_membership(
+                    conn,
+                    tenant_id=uuid.UUID(record.tenant_id),
+                    user_id=uuid.UUID(record.user_id),
+                    role=record.role,
+                    removed=False,
+                    version=record.version,
+                )
+        count += len(page)
+    log.info("memberships.projection_filled", memberships=count)
+    return count
+
+
 # Repositories
-
-
-def _ensure_writer(claims: AccessClaims) -> None:
-    if claims.role not in WRITERS:
-        raise AppError(errors.FORBIDDEN)
 
 
 def _parse_id(value: str, not_found: errors.ErrorSpec) -> uuid.UUID:
@@ -152,13 +240,22 @@ async def _checked_url(analyses: Analyses, tenant_id: uuid.UUID, url: str) -> st
 async def create_repository(
     *, analyses: Analyses, claims: AccessClaims, name: str, url: str, default_branch: str
 ) -> Repository:
-    _ensure_writer(claims)
+    """A new repository of the tenant, within its quota of repositories."""
     name = validate_name(name.strip())
     branch = _checked_ref(default_branch or "main", "default_branch")
-    checked_url = await _checked_url(analyses, claims.tenant_id, url)
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims, writes=True) as conn:
+        checked_url = await _checked_url(analyses, claims.tenant_id, url)
+        # Under the lock, the name check too: of two creations of one name, the second hears 409, not the index.
+        await repo.lock_quota(conn, claims.tenant_id, "repositories")
         if await repo.name_taken(conn, name):
             raise AppError(errors.REPOSITORY_NAME_TAKEN)
+        limit = analyses.max_repositories
+        if await repo.repository_count(conn, at_most=limit) >= limit:
+            raise AppError(
+                errors.REPOSITORY_QUOTA,
+                message=f"Repository limit reached: a tenant may have {limit} repositories",
+                details={"limit": str(limit)},
+            )
         now = dt.datetime.now(dt.UTC)
         return await repo.add_repository(
             conn,
@@ -172,7 +269,7 @@ async def list_repositories(
     limit = page_limit(page_size)
     if len(name) > 100:
         raise invalid("name", "at most 100 characters")
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims) as conn:
         rows = await repo.list_repositories(conn, name=name, after=decode_cursor(cursor), limit=limit + 1)
     return page_of(rows, limit, lambda r: r.id)
 
@@ -185,14 +282,13 @@ async def _repository(conn: AsyncConnection, repository_id: str) -> Repository:
 
 
 async def get_repository(*, analyses: Analyses, claims: AccessClaims, repository_id: str) -> Repository:
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims) as conn:
         return await _repository(conn, repository_id)
 
 
 async def update_repository(
     *, analyses: Analyses, claims: AccessClaims, repository_id: str, fields: list[str], values: dict[str, str]
 ) -> Repository:
-    _ensure_writer(claims)
     unknown = set(fields) - {"name", "url", "default_branch"}
     if unknown or not fields:
         raise invalid("fields", "one or more of name, url, default_branch")
@@ -201,9 +297,9 @@ async def update_repository(
         changes["name"] = validate_name(values.get("name", "").strip())
     if "default_branch" in fields:
         changes["default_branch"] = _checked_ref(values.get("default_branch", ""), "default_branch")
-    if "url" in fields:
-        changes["url"] = await _checked_url(analyses, claims.tenant_id, values.get("url", ""))
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims, writes=True) as conn:
+        if "url" in fields:
+            changes["url"] = await _checked_url(analyses, claims.tenant_id, values.get("url", ""))
         current = await _repository(conn, repository_id)
         if "name" in changes and await repo.name_taken(conn, changes["name"], other_than=current.id):
             raise AppError(errors.REPOSITORY_NAME_TAKEN)
@@ -212,8 +308,7 @@ async def update_repository(
 
 async def delete_repository(*, analyses: Analyses, claims: AccessClaims, repository_id: str) -> None:
     """Removes the repository and its analyses (running ones see their row vanish and stop)."""
-    _ensure_writer(claims)
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims, writes=True) as conn:
         current = await _repository(conn, repository_id)
         await repo.delete_repository(conn, current.id)
 
@@ -221,12 +316,34 @@ async def delete_repository(*, analyses: Analyses, claims: AccessClaims, reposit
 # Analyses
 
 
+async def _check_analysis_quotas(conn: AsyncConnection, analyses: Analyses, tenant_id: uuid.UUID) -> None:
+    """Refuses an analysis past the tenant's quotas. The lock is held until the caller's insert commits."""
+    await repo.lock_quota(conn, tenant_id, "analyses")
+    now = dt.datetime.now(dt.UTC)
+    queued, hourly = analyses.max_queued_analyses, analyses.max_analyses_per_hour
+    usage = await repo.analysis_usage(conn, since=first_id_at(now - HOUR), recent_at_most=hourly)
+    if usage.active >= queued:
+        raise AppError(
+            errors.QUEUED_ANALYSES_QUOTA,
+            message=f"Too many analyses queued or running: a tenant may have {queued} at once",
+            details={"limit": str(queued)},
+        )
+    if usage.recent >= hourly and usage.oldest_recent is not None:
+        # The earliest a place frees: when the oldest of the hour leaves the window (more, if the limit was lowered).
+        wait = math.ceil((id_time(usage.oldest_recent) + HOUR - now).total_seconds())
+        raise AppError(
+            errors.HOURLY_ANALYSES_QUOTA,
+            message=f"Too many analyses in the last hour: a tenant may queue {hourly} an hour",
+            details={"limit": str(hourly), "retry_after_s": str(max(wait, 1))},
+        )
+
+
 async def start_analysis(*, analyses: Analyses, claims: AccessClaims, repository_id: str, ref: str) -> Analysis:
-    """Queues an analysis and its job, in one transaction (the job leaves through the outbox)."""
-    _ensure_writer(claims)
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    """Queues an analysis and its job, within the tenant's quotas, in one transaction (the job leaves by the outbox)."""
+    async with acting(analyses, claims, writes=True) as conn:
         repository = await _repository(conn, repository_id)
         checked = _checked_ref(ref, "ref") if ref else repository.default_branch
+        await _check_analysis_quotas(conn, analyses, claims.tenant_id)
         analysis = await repo.add_analysis(conn, analysis_id=new_id(), repository_id=repository.id, ref=checked)
         job = make_envelope(
             event_type=ANALYSIS_REQUESTED,
@@ -238,7 +355,6 @@ async def start_analysis(*, analyses: Analyses, claims: AccessClaims, repository
             ),
         )
         await add_event(conn, repo.outbox, subject=JOBS_SUBJECT, envelope=job)
-    analyses.events_written()
     metrics.ANALYSES.labels(state="queued").inc()
     log.info("analysis.queued", analysis_id=str(analysis.id))
     return analysis
@@ -251,7 +367,7 @@ async def list_analyses(
     if status and status not in STATUSES:
         raise invalid("status", ", ".join(STATUSES))
     wanted = _parse_id(repository_id, errors.REPOSITORY_NOT_FOUND) if repository_id else None
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims) as conn:
         rows = await repo.list_analyses(
             conn, repository_id=wanted, status=status, after=decode_cursor(cursor), limit=limit + 1
         )
@@ -266,41 +382,221 @@ async def _analysis(conn: AsyncConnection, analysis_id: str, *, for_update: bool
 
 
 async def get_analysis(*, analyses: Analyses, claims: AccessClaims, analysis_id: str) -> Analysis:
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
-        return await _analysis(conn, analysis_id)
+    """The hottest read of the product (CI jobs poll it): one prepared statement with its authorisation, on the
+    fast reads' pool. Only a tenant or a membership that has not arrived yet takes the way of `acting`, which
+    waits for them."""
+    assert analyses.reads is not None, "the API process reads through FastReads"
+    wanted = _parse_id(analysis_id, errors.ANALYSIS_NOT_FOUND)
+    schema = tenant_schema(claims.tenant_id)
+    params = {"tenant_id": claims.tenant_id, "user_id": claims.user_id, "analysis_id": wanted}
+    try:
+        row = await analyses.reads.one(repo.ANALYSIS_AS_MEMBER, params, schema=schema)
+    except UndefinedTable:  # the schema's row is there a moment before its tables
+        row = None
+    if row is None or row.role is None or row.schema_name != schema:
+        async with acting(analyses, claims) as conn:
+            return await _analysis(conn, analysis_id)
+    if row.removed:
+        raise AppError(errors.TENANT_NOT_FOUND)
+    found = repo.analysis_of_row(row)
+    if found is None:
+        raise AppError(errors.ANALYSIS_NOT_FOUND)
+    return found
 
 
 async def cancel_analysis(*, analyses: Analyses, claims: AccessClaims, analysis_id: str) -> Analysis:
     """A queued analysis ends at once; a running one is flagged and its worker stops within seconds."""
-    _ensure_writer(claims)
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims, writes=True) as conn:
         current = await _analysis(conn, analysis_id, for_update=True)
         if current.status in FINISHED:
             raise AppError(errors.ANALYSIS_FINISHED)
         await repo.request_cancel(conn, current.id)
-        if current.status == QUEUED:
-            await repo.finish(conn, current.id, status=CANCELLED, timings=current.timings)
-        return await _analysis(conn, analysis_id)
+        ended = current.status == QUEUED and await repo.finish(
+            conn, current.id, status=CANCELLED, timings=current.timings
+        )
+        cancelled = await _analysis(conn, analysis_id)
+    if ended:
+        metrics.analysis_ended(CANCELLED, current.timings)
+    return cancelled
 
 
 async def get_report(*, analyses: Analyses, claims: AccessClaims, analysis_id: str) -> dict[str, Any]:
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
-        current = await _analysis(conn, analysis_id)
-        report = await repo.report_of(conn, current.id) if current.status == SUCCEEDED else None
-    if report is None:
-        raise AppError(errors.REPORT_NOT_READY)
+    async with acting(analyses, claims) as conn:
+        _, report = await _succeeded_report(conn, analysis_id)
     return report
 
 
-async def emit_finished(conn: AsyncConnection, *, event_type: str, payload: events_pb2.AnalysisFinished) -> None:
+# The life of an analysis on the workers: queued -> running -> succeeded | failed | cancelled. Each step is one
+# transaction that changes the state and records its event; metrics count only what committed.
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An analysis a worker now runs (its attempt counted), and its repository."""
+
+    tenant_id: uuid.UUID
+    analysis: Analysis
+    repository: Repository
+
+
+def _lease_keys(tenant_id: uuid.UUID, place: int, repository_id: uuid.UUID) -> tuple[str, str]:
+    return f"tenant:{tenant_id}:{place}", f"repository:{repository_id}"
+
+
+async def take_turn(
+    *, analyses: Analyses, tenant_id: uuid.UUID, repository_id: uuid.UUID, holder: str, places: int, lease_s: float
+) -> bool:
+    """Leases `holder` a place of the tenant's share of the workers and the repository, both or neither: at most
+    `places` analyses of one tenant run at once, and one of each repository (docs/architecture.md)."""
+    async with analyses.engine.begin() as conn:
+        for place in range(places):
+            tenant_key, repository_key = _lease_keys(tenant_id, place, repository_id)
+            if await repo.take_lease(conn, key=tenant_key, holder=holder, lease_s=lease_s):
+                break
+        else:
+            return False
+        if await repo.take_lease(conn, key=repository_key, holder=holder, lease_s=lease_s):
+            return True
+        await repo.release_leases(conn, holder=holder)  # the place goes back with the repository busy
+        return False
+
+
+async def keep_turn(*, analyses: Analyses, holder: str, lease_s: float) -> bool:
+    """Renews the holder's leases; False once they lapsed and another took one (the run must stop)."""
+    async with analyses.engine.begin() as conn:
+        return await repo.renew_leases(conn, holder=holder, lease_s=lease_s) == 2
+
+
+async def end_turn(*, analyses: Analyses, holder: str) -> None:
+    async with analyses.engine.begin() as conn:
+        await repo.release_leases(conn, holder=holder)
+
+
+async def claim(*, analyses: Analyses, tenant_id: uuid.UUID, analysis_id: uuid.UUID, max_attempts: int) -> Claim | None:
+    """Marks the analysis running (one more attempt), or None when there is nothing (left) to do: it is gone or
+    finished (a duplicate delivery), was cancelled while queued, or ran out of attempts (then it fails)."""
+    ended: tuple[str, dict[str, float]] | None = None
+    claimed: Claim | None = None
+    async with tenant_transaction(analyses.engine, tenant_id) as conn:
+        analysis = await repo.analysis_by_id(conn, analysis_id, for_update=True)
+        if analysis is None or analysis.status in FINISHED:
+            return None
+        if analysis.cancel_requested:
+            if await repo.finish(conn, analysis_id, status=CANCELLED, timings=analysis.timings):
+                ended = (CANCELLED, analysis.timings)
+        elif analysis.attempts >= max_attempts:
+            if await _failed(conn, tenant_id, analysis, errors.ANALYSIS_ATTEMPTS_EXHAUSTED, analysis.timings):
+                ended = (FAILED, analysis.timings)
+        else:
+            analysis = await repo.start_attempt(conn, analysis_id)
+            repository = await repo.repository_by_id(conn, analysis.repository_id)
+            if repository is not None:
+                claimed = Claim(tenant_id=tenant_id, analysis=analysis, repository=repository)
+    if ended is not None:
+        metrics.analysis_ended(*ended)
+    if claimed is not None:
+        metrics.ANALYSES.labels(state="running").inc()
+    return claimed
+
+
+async def record_progress(
+    *, analyses: Analyses, claimed: Claim, progress: int, step: str, timings: dict[str, float]
+) -> bool:
+    """False when the analysis was cancelled or removed meanwhile: its worker must stop."""
+    async with tenant_transaction(analyses.engine, claimed.tenant_id) as conn:
+        return await repo.record_progress(conn, claimed.analysis.id, progress=progress, step=step, timings=timings)
+
+
+async def previous_report(*, analyses: Analyses, claimed: Claim) -> dict[str, Any] | None:
+    """The report of the repository's latest succeeded analysis queued before this one (new and fixed findings)."""
+    async with tenant_transaction(analyses.engine, claimed.tenant_id) as conn:
+        return await repo.previous_report(conn, claimed.analysis.repository_id, before=claimed.analysis.id)
+
+
+async def succeed(
+    *, analyses: Analyses, claimed: Claim, report: dict[str, Any], commit_sha: str, timings: dict[str, float]
+) -> str:
+    """Stores the report and publishes `analysis.completed`; an analysis cancelled while its last step was
+    finishing ends cancelled instead (the user's word wins). Returns the final status."""
+    analysis = claimed.analysis
+    async with tenant_transaction(analyses.engine, claimed.tenant_id) as conn:
+        current = await repo.analysis_by_id(conn, analysis.id, for_update=True)
+        if current is not None and current.cancel_requested:
+            status = CANCELLED
+            ended = await repo.finish(conn, analysis.id, status=CANCELLED, timings=timings)
+        else:
+            status = SUCCEEDED
+            ended = await repo.finish(
+                conn, analysis.id, status=SUCCEEDED, timings=timings, report=report, commit_sha=commit_sha
+            )
+            if ended:
+                await emit(
+                    conn,
+                    repo.outbox,
+                    event=ANALYSIS_COMPLETED,
+                    tenant_id=str(claimed.tenant_id),
+                    payload=events_pb2.AnalysisFinished(
+                        tenant_id=str(claimed.tenant_id),
+                        analysis_id=str(analysis.id),
+                        repository_id=str(analysis.repository_id),
+                        status=SUCCEEDED,
+                        code_lines=int(report.get("inventory", {}).get("totals", {}).get("code", 0)),
+                    ),
+                )
+    if ended:
+        metrics.analysis_ended(status, timings)
+    return status
+
+
+async def cancelled(*, analyses: Analyses, claimed: Claim, timings: dict[str, float]) -> None:
+    """A running analysis stopped because it was cancelled."""
+    async with tenant_transaction(analyses.engine, claimed.tenant_id) as conn:
+        ended = await repo.finish(conn, claimed.analysis.id, status=CANCELLED, timings=timings)
+    if ended:
+        metrics.analysis_ended(CANCELLED, timings)
+
+
+async def fail(*, analyses: Analyses, claimed: Claim, spec: ErrorSpec, timings: dict[str, float]) -> None:
+    """A running analysis ended with the error `spec` (a clone refused or timed out...)."""
+    async with tenant_transaction(analyses.engine, claimed.tenant_id) as conn:
+        ended = await _failed(conn, claimed.tenant_id, claimed.analysis, spec, timings)
+    if ended:
+        metrics.analysis_ended(FAILED, timings)
+
+
+async def fail_job(*, analyses: Analyses, tenant_id: uuid.UUID, analysis_id: uuid.UUID, spec: ErrorSpec) -> None:
+    """An analysis whose job the workers gave up on (dead-lettered) ends failed, unless it already ended."""
+    async with tenant_transaction(analyses.engine, tenant_id) as conn:
+        analysis = await repo.analysis_by_id(conn, analysis_id, for_update=True)
+        ended = analysis is not None and await _failed(conn, tenant_id, analysis, spec, analysis.timings)
+    if ended:
+        assert analysis is not None
+        metrics.analysis_ended(FAILED, analysis.timings)
+
+
+async def _failed(
+    conn: AsyncConnection, tenant_id: uuid.UUID, analysis: Analysis, spec: ErrorSpec, timings: dict[str, float]
+) -> bool:
+    """Ends the analysis failed with `spec` and records `analysis.failed`; False when it had ended already."""
+    if not await repo.finish(
+        conn, analysis.id, status=FAILED, timings=timings, error_code=spec.code, error_message=spec.message
+    ):
+        return False
     await emit(
         conn,
         repo.outbox,
-        service="analysis",
-        event_type=event_type,
-        payload=payload,
-        tenant_id=payload.tenant_id,
+        event=ANALYSIS_FAILED,
+        tenant_id=str(tenant_id),
+        payload=events_pb2.AnalysisFinished(
+            tenant_id=str(tenant_id),
+            analysis_id=str(analysis.id),
+            repository_id=str(analysis.repository_id),
+            status=FAILED,
+            error_code=spec.code,
+        ),
     )
+    log.info("analysis.failed", code=spec.code)
+    return True
 
 
 # Findings
@@ -333,7 +629,7 @@ async def list_findings(
         raise invalid("cursor", "not a cursor from this API") from None
     if offset < 0:
         raise invalid("cursor", "not a cursor from this API")
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims) as conn:
         _, report = await _succeeded_report(conn, analysis_id)
     new = {f["fingerprint"] for f in report.get("changes", {}).get("new", [])}
     selected = [
@@ -352,7 +648,7 @@ async def diff_analyses(
     *, analyses: Analyses, claims: AccessClaims, analysis_id: str, base_analysis_id: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """New and fixed findings between any two succeeded analyses of one repository, by fingerprint."""
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims) as conn:
         current, report = await _succeeded_report(conn, analysis_id)
         base, base_report = await _succeeded_report(conn, base_analysis_id)
     if base.repository_id != current.repository_id:
@@ -368,6 +664,6 @@ async def diff_analyses(
 
 async def get_sarif(*, analyses: Analyses, claims: AccessClaims, analysis_id: str) -> dict[str, Any]:
     """Every finding of a succeeded analysis as a SARIF log, built from the stored report so the two always agree."""
-    async with tenant_transaction(analyses.engine, claims.tenant_id) as conn:
+    async with acting(analyses, claims) as conn:
         current, report = await _succeeded_report(conn, analysis_id)
     return to_sarif(report, analysis_id=str(current.id), started_at=current.started_at, finished_at=current.finished_at)

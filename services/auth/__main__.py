@@ -7,12 +7,15 @@ import asyncio
 import sys
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from libs.common.config import AuthSettings, MigrationSettings, decode_master_key
-from libs.common.db import create_engine
+from libs.common.db import FastReads, create_engine
 from libs.common.error_reporting import configure_error_reporting
 from libs.common.errors import AppError
 from libs.common.events import connect_nats
-from libs.common.identity import CallerIdentity
+from libs.common.heap import map_large_blocks
+from libs.common.identity import Access, CallerIdentity, rpc_name
 from libs.common.logging import configure_logging, get_logger
 from libs.common.outbox import OutboxRelay
 from libs.common.service import Runtime, ServiceSpec, add_common_commands, migrate, run_async, serve
@@ -24,23 +27,33 @@ from services.auth.passwords import Passwords
 from services.auth.servicer import AuthServicer
 from services.auth.use_cases import Auth
 
+_AUTH = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
 SPEC = ServiceSpec(
     name="auth",
     schema=repository.SCHEMA,
     migrations=Path(__file__).parent / "migrations",
     outbox=repository.outbox,
     inbox=repository.inbox,
-    grpc_service_names=[auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name],
-    consumer_subjects=consumers.SUBJECTS,
-    consumer_handlers=consumers.HANDLERS,
+    grpc_service_names=[_AUTH.full_name],
+    access=Access(
+        # Public keys are public.
+        public=frozenset({rpc_name(_AUTH, "GetJwks")}),
+        # The calls made before a user has a token come from the gateway only, where the rate limits and the
+        # failed-login lock are: anything else that reaches this port cannot guess passwords (docs/architecture.md).
+        services={
+            rpc_name(_AUTH, name): frozenset({"gateway"}) for name in ("Register", "Login", "RefreshTokens", "Logout")
+        },
+    ),
+    consumers=consumers.HANDLERS,
 )
 
 log = get_logger(__name__)
 
 
-def build_auth(settings: AuthSettings, engine: object) -> Auth:
+def build_auth(settings: AuthSettings, engine: AsyncEngine, fast_reads: FastReads) -> Auth:
     return Auth(
-        engine=engine,  # type: ignore[arg-type]
+        engine=engine,
+        fast_reads=fast_reads,
         passwords=Passwords(
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,
@@ -51,6 +64,7 @@ def build_auth(settings: AuthSettings, engine: object) -> Auth:
         audience=settings.jwt_audience,
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
+        refresh_reuse_grace_s=settings.refresh_reuse_grace_s,
     )
 
 
@@ -68,8 +82,7 @@ async def serve_auth(settings: AuthSettings, stop: asyncio.Event | None = None) 
     tasks: list[asyncio.Task[None]] = []
 
     async def wire(runtime: Runtime) -> None:
-        auth = build_auth(settings, runtime.engine)
-        auth.on_events = runtime.relay.notify
+        auth = build_auth(settings, runtime.engine, runtime.reads)
         await use_cases.load_keys(auth=auth)
 
         async def local_jwks() -> list[dict[str, str]]:
@@ -83,8 +96,8 @@ async def serve_auth(settings: AuthSettings, stop: asyncio.Event | None = None) 
             cache_ttl_s=settings.key_reload_interval_s,
         )
         # The database is the truth for auth's own calls: no deny-list needed here.
-        servicer = AuthServicer(auth=auth, identity=CallerIdentity(verifier=verifier))
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, runtime.server.server)
+        runtime.authenticate(CallerIdentity(verifier=verifier))
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth=auth), runtime.server.server)
 
         async def keys_loaded() -> bool:
             return auth.keyring.signer is not None
@@ -115,7 +128,7 @@ async def _publish_now(settings: AuthSettings, auth: Auth) -> None:
 
 async def _admin(settings: AuthSettings, args: argparse.Namespace) -> str:
     engine = create_engine(settings, application_name="auth-cli")
-    auth = build_auth(settings, engine)
+    auth = build_auth(settings, engine, FastReads(settings, application_name="auth-cli"))  # opened if ever read
     try:
         if args.command == "keys" and args.action == "rotate":
             return f"new signing key {await use_cases.rotate_keys(auth=auth)}"
@@ -151,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     assert isinstance(settings, AuthSettings)
     if args.command == "serve":
+        map_large_blocks()  # each password hash's 19 MiB goes back to the system once done
         run_async(serve_auth(settings))
         return 0
     if args.command == "keys" and args.action == "reseal" and not args.old_master_key_file:

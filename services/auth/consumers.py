@@ -1,13 +1,12 @@
-"""NATS event handlers of the auth service."""
+"""The events the auth service consumes, and their handlers."""
 
 from __future__ import annotations
 
 from libs.common.consumer import Handler
-from libs.common.events import subject_for
+from libs.common.event_types import MEMBERSHIP_CHANGED, TENANT_DELETED, EventType
 from services.auth import use_cases
 
-SUBJECTS = [subject_for("tenants", "membership.changed"), subject_for("tenants", "tenant.deleted")]
-HANDLERS: dict[str, Handler] = {
-    "membership.changed": use_cases.apply_membership_changed,
-    "tenant.deleted": use_cases.apply_tenant_deleted,
+HANDLERS: dict[EventType, Handler] = {
+    MEMBERSHIP_CHANGED: use_cases.apply_membership_changed,
+    TENANT_DELETED: use_cases.apply_tenant_deleted,
 }

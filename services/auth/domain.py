@@ -11,18 +11,14 @@ from libs.common import errors
 from libs.common.errors import AppError
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,39}$")
-# Deliberately loose: one @, a dot in the domain, no spaces. Delivery proves the rest.
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# Deliberately loose: one @, a dot in the domain, no spaces or control characters. Delivery proves the rest. The
+# gateway's schema states the same rule (gateway/schemas.py EMAIL).
+_EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\uFEFF]"
+EMAIL = re.compile(rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}+\.{_EMAIL_CHAR}+$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 FULL_NAME_MAX = 200
 
 ROLES = ("owner", "admin", "member", "viewer")
-
-# Event types this service publishes.
-USER_REGISTERED = "user.registered"
-USER_DEACTIVATED = "user.deactivated"
-USER_ACTIVATED = "user.activated"
-SESSION_REVOKED = "session.revoked"
 
 
 def invalid(field: str, reason: str) -> AppError:
@@ -71,11 +67,15 @@ class Membership:
 
 @dataclass(frozen=True, slots=True)
 class Session:
+    """One tenant's tokens of a login. Every session opened from one login (switching tenants opens one) shares
+    its `family_id` and its absolute `expires_at`, and ends with it: logout, refresh-token reuse, deactivation."""
+
     id: uuid.UUID
     user_id: uuid.UUID
     tenant_id: uuid.UUID
     expires_at: dt.datetime
     revoked_at: dt.datetime | None
+    family_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)

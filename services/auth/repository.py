@@ -53,6 +53,7 @@ sessions = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_reason", sa.Text),
+    sa.Column("family_id", sa.Uuid),
     schema=SCHEMA,
 )
 refresh_tokens = sa.Table(
@@ -150,33 +151,46 @@ async def user_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
     return _user(row) if row else None
 
 
-async def user_with_session(
-    conn: AsyncConnection, *, user_id: uuid.UUID, session_id: uuid.UUID
-) -> tuple[User, Session] | None:
-    """One round trip for the hot path of every authenticated call to auth."""
-    row = (
-        await conn.execute(
-            sa.select(
-                *_USER_COLUMNS,
-                sessions.c.id.label("session_id"),
-                sessions.c.tenant_id.label("session_tenant_id"),
-                sessions.c.expires_at.label("session_expires_at"),
-                sessions.c.revoked_at.label("session_revoked_at"),
-            )
-            .join(sessions, sessions.c.user_id == users.c.id)
-            .where(users.c.id == user_id, sessions.c.id == session_id)
+# The hot read of every authenticated call to auth (FastReads): the user, the session and the user's current role
+# in its tenant (None once removed from it), in one round trip.
+USER_WITH_SESSION = (
+    sa.select(
+        *_USER_COLUMNS,
+        sessions.c.id.label("session_id"),
+        sessions.c.tenant_id.label("session_tenant_id"),
+        sessions.c.expires_at.label("session_expires_at"),
+        sessions.c.revoked_at.label("session_revoked_at"),
+        sessions.c.family_id.label("session_family_id"),
+        memberships.c.role.label("role"),
+    )
+    .select_from(
+        users.join(sessions, sessions.c.user_id == users.c.id).outerjoin(
+            memberships,
+            sa.and_(
+                memberships.c.user_id == users.c.id,
+                memberships.c.tenant_id == sessions.c.tenant_id,
+                memberships.c.removed.is_(False),
+            ),
         )
-    ).first()
-    if row is None:
-        return None
+    )
+    .where(
+        users.c.id == sa.bindparam("user_id", type_=sa.Uuid),
+        sessions.c.id == sa.bindparam("session_id", type_=sa.Uuid),
+    )
+)
+
+
+def user_with_session(row: Any) -> tuple[User, Session, str | None]:
+    """A row of USER_WITH_SESSION as the user, the session and the role."""
     session = Session(
         id=row.session_id,
         user_id=row.id,
         tenant_id=row.session_tenant_id,
         expires_at=row.session_expires_at,
         revoked_at=row.session_revoked_at,
+        family_id=row.session_family_id,
     )
-    return _user(row), session
+    return _user(row), session, row.role
 
 
 async def set_password_hash(conn: AsyncConnection, *, user_id: uuid.UUID, password_hash: str) -> None:
@@ -243,38 +257,54 @@ async def membership(conn: AsyncConnection, *, user_id: uuid.UUID, tenant_id: uu
 # Sessions and refresh tokens
 
 
+def _session(row: Any) -> Session:
+    return Session(
+        id=row.id,
+        user_id=row.user_id,
+        tenant_id=row.tenant_id,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        family_id=row.family_id,
+    )
+
+
 async def add_session(conn: AsyncConnection, session: Session) -> None:
     await conn.execute(
         sessions.insert().values(
-            id=session.id, user_id=session.user_id, tenant_id=session.tenant_id, expires_at=session.expires_at
+            id=session.id,
+            user_id=session.user_id,
+            tenant_id=session.tenant_id,
+            expires_at=session.expires_at,
+            family_id=session.family_id,
         )
     )
 
 
-async def revoke_session(conn: AsyncConnection, *, session_id: uuid.UUID, reason: str) -> bool:
-    """True if this call revoked it (False when it already was)."""
-    result = await conn.execute(
-        sessions.update()
-        .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=sa.func.now(), revoked_reason=reason)
-        .returning(sessions.c.id)
-    )
-    return result.first() is not None
-
-
-async def revoke_user_sessions(conn: AsyncConnection, *, user_id: uuid.UUID, reason: str) -> list[Session]:
+async def _end_live(conn: AsyncConnection, which: sa.ColumnElement[bool], reason: str) -> list[Session]:
     rows = (
         await conn.execute(
             sessions.update()
-            .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
+            .where(which, sessions.c.revoked_at.is_(None))
             .values(revoked_at=sa.func.now(), revoked_reason=reason)
             .returning(sessions)
         )
     ).all()
-    return [
-        Session(id=r.id, user_id=r.user_id, tenant_id=r.tenant_id, expires_at=r.expires_at, revoked_at=r.revoked_at)
-        for r in rows
-    ]
+    return [_session(r) for r in rows]
+
+
+async def revoke_session(conn: AsyncConnection, *, session_id: uuid.UUID, reason: str) -> list[Session]:
+    """The session, ended; empty when it already was."""
+    return await _end_live(conn, sessions.c.id == session_id, reason)
+
+
+async def revoke_family(conn: AsyncConnection, *, family_id: uuid.UUID, reason: str) -> list[Session]:
+    """Every live session of one login, ended."""
+    return await _end_live(conn, sessions.c.family_id == family_id, reason)
+
+
+async def revoke_user_sessions(conn: AsyncConnection, *, user_id: uuid.UUID, reason: str) -> list[Session]:
+    """Every live session of the user, ended."""
+    return await _end_live(conn, sessions.c.user_id == user_id, reason)
 
 
 async def revoke_tenant_sessions(
@@ -295,11 +325,7 @@ async def forget_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
 
 async def session_by_id(conn: AsyncConnection, session_id: uuid.UUID) -> Session | None:
     row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
-    if row is None:
-        return None
-    return Session(
-        id=row.id, user_id=row.user_id, tenant_id=row.tenant_id, expires_at=row.expires_at, revoked_at=row.revoked_at
-    )
+    return _session(row) if row else None
 
 
 async def add_refresh_token(
@@ -310,8 +336,12 @@ async def add_refresh_token(
     )
 
 
-async def refresh_token_by_hash(conn: AsyncConnection, token_hash: bytes) -> RefreshToken | None:
-    row = (await conn.execute(sa.select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash))).first()
+async def refresh_token_by_hash(
+    conn: AsyncConnection, token_hash: bytes, *, for_update: bool = False
+) -> RefreshToken | None:
+    """With `for_update`, two refreshes of one token take turns: the second sees when the first spent it."""
+    query = sa.select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash)
+    row = (await conn.execute(query.with_for_update() if for_update else query)).first()
     if row is None:
         return None
     return RefreshToken(id=row.id, session_id=row.session_id, expires_at=row.expires_at, used_at=row.used_at)

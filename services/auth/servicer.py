@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from libs.common.events import timestamp
-from libs.common.identity import CallerIdentity
+from libs.common.identity import caller
 from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth import use_cases
 from services.auth.domain import Tokens, User
@@ -38,9 +38,8 @@ def _tokens(tokens: Tokens) -> auth_pb2.TokenPair:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, *, auth: Auth, identity: CallerIdentity):
+    def __init__(self, *, auth: Auth):
         self._auth = auth
-        self._identity = identity
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
         user = await use_cases.register(
@@ -66,8 +65,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         await use_cases.logout(auth=self._auth, refresh_token=request.refresh_token)
         return auth_pb2.LogoutResponse()
 
+    async def LogoutAll(self, request: auth_pb2.LogoutAllRequest, context: Context) -> auth_pb2.LogoutAllResponse:
+        ended = await use_cases.logout_all(auth=self._auth, claims=caller())
+        return auth_pb2.LogoutAllResponse(sessions_ended=ended)
+
     async def GetMe(self, request: auth_pb2.GetMeRequest, context: Context) -> auth_pb2.GetMeResponse:
-        claims = await self._identity(context)
+        claims = caller()
         me = await use_cases.me(auth=self._auth, claims=claims)
         return auth_pb2.GetMeResponse(
             user=_user(me.user), tenant_id=str(me.tenant_id), role=me.role, session_id=str(me.session_id)
@@ -76,7 +79,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def SwitchTenant(
         self, request: auth_pb2.SwitchTenantRequest, context: Context
     ) -> auth_pb2.SwitchTenantResponse:
-        claims = await self._identity(context)
+        claims = caller()
         tokens = await use_cases.switch_tenant(auth=self._auth, claims=claims, tenant_id=request.tenant_id)
         return auth_pb2.SwitchTenantResponse(tokens=_tokens(tokens))
 

@@ -13,8 +13,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.common import errors, metrics
-from libs.common.db import autocommit
+from libs.common.db import FastReads, autocommit
 from libs.common.errors import AppError
+from libs.common.event_types import SESSION_REVOKED, USER_ACTIVATED, USER_DEACTIVATED, USER_REGISTERED, EventType
 from libs.common.events import new_id, propagated, timestamp, unpack
 from libs.common.outbox import emit
 from libs.common.tokens import AccessClaims
@@ -22,10 +23,6 @@ from repolens.events.v1 import events_pb2
 from services.auth import repository as repo
 from services.auth import signing
 from services.auth.domain import (
-    SESSION_REVOKED,
-    USER_ACTIVATED,
-    USER_DEACTIVATED,
-    USER_REGISTERED,
     Me,
     Membership,
     Session,
@@ -51,36 +48,26 @@ class Auth:
     """What the use cases need, built once in main."""
 
     engine: AsyncEngine
+    fast_reads: FastReads  # the caller's session, read on every authenticated call
     passwords: Passwords
     master_key: bytes
     issuer: str
     audience: str
     access_ttl_s: int
     refresh_ttl_s: int
+    # A spent refresh token used again this soon is a concurrent refresh (two tabs, two CI jobs), not a theft.
+    refresh_reuse_grace_s: float = 10.0
     keyring: Keyring = field(default_factory=Keyring)
-    on_events: Any = None  # called after a commit that wrote events (wakes the outbox relay)
     reads: AsyncEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = autocommit(self.engine)
 
-    def events_written(self) -> None:
-        if self.on_events is not None:
-            self.on_events()
-
 
 async def _emit(
-    conn: AsyncConnection, *, event_type: str, payload: Any, actor_id: str = "", tenant_id: str = ""
+    conn: AsyncConnection, *, event: EventType, payload: Any, actor_id: str = "", tenant_id: str = ""
 ) -> None:
-    await emit(
-        conn,
-        repo.outbox,
-        service="auth",
-        event_type=event_type,
-        payload=payload,
-        actor_id=actor_id,
-        tenant_id=tenant_id,
-    )
+    await emit(conn, repo.outbox, event=event, payload=payload, actor_id=actor_id, tenant_id=tenant_id)
 
 
 def _now() -> dt.datetime:
@@ -120,7 +107,7 @@ async def register(*, auth: Auth, username: str, email: str, password: str, full
             )
             await _emit(
                 conn,
-                event_type=USER_REGISTERED,
+                event=USER_REGISTERED,
                 actor_id=str(user_id),
                 tenant_id=str(tenant_id),
                 payload=events_pb2.UserRegistered(
@@ -136,7 +123,6 @@ async def register(*, auth: Auth, username: str, email: str, password: str, full
         if "users_email_ci" in str(exc.orig):
             raise AppError(errors.EMAIL_TAKEN) from None
         raise AppError(errors.USERNAME_TAKEN) from None
-    auth.events_written()
     log.info("user.registered", user_id=str(user_id))
     return user
 
@@ -150,13 +136,14 @@ def _sign(auth: Auth, *, user_id: uuid.UUID, membership: Membership, session_id:
     )
 
 
-async def _issue_refresh_token(conn: AsyncConnection, *, auth: Auth, session_id: uuid.UUID) -> str:
+async def _issue_refresh_token(conn: AsyncConnection, *, auth: Auth, session: Session) -> str:
+    """A new refresh token of the session; it never outlives the session's family."""
     token, token_hash = signing.new_refresh_token()
     await repo.add_refresh_token(
         conn,
-        session_id=session_id,
+        session_id=session.id,
         token_hash=token_hash,
-        expires_at=_now() + dt.timedelta(seconds=auth.refresh_ttl_s),
+        expires_at=min(_now() + dt.timedelta(seconds=auth.refresh_ttl_s), session.expires_at),
         token_id=new_id(),
     )
     return token
@@ -201,26 +188,28 @@ async def login(*, auth: Auth, username: str, password: str) -> Tokens:
 
 
 async def _open_session(
-    conn: AsyncConnection, *, auth: Auth, user_id: uuid.UUID, membership: Membership
+    conn: AsyncConnection, *, auth: Auth, user_id: uuid.UUID, membership: Membership, family: Session | None = None
 ) -> tuple[uuid.UUID, str]:
+    """A session in the membership's tenant: a new family (a login), or one more session of `family`'s login,
+    ending when it ends."""
     session_id = new_id()
-    await repo.add_session(
-        conn,
-        Session(
-            id=session_id,
-            user_id=user_id,
-            tenant_id=membership.tenant_id,
-            expires_at=_now() + dt.timedelta(seconds=auth.refresh_ttl_s),
-            revoked_at=None,
-        ),
+    session = Session(
+        id=session_id,
+        user_id=user_id,
+        tenant_id=membership.tenant_id,
+        expires_at=family.expires_at if family else _now() + dt.timedelta(seconds=auth.refresh_ttl_s),
+        revoked_at=None,
+        family_id=family.family_id if family else session_id,
     )
-    refresh_token = await _issue_refresh_token(conn, auth=auth, session_id=session_id)
+    await repo.add_session(conn, session)
+    refresh_token = await _issue_refresh_token(conn, auth=auth, session=session)
     await repo.set_last_tenant(conn, user_id=user_id, tenant_id=membership.tenant_id)
     return session_id, refresh_token
 
 
 async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> Tokens:
-    """Tokens for another tenant of the caller, in a new session; the current one stays as it is.
+    """Tokens for another tenant of the caller, in a new session of the caller's login: it ends no later than the
+    login's, and with it (logout, reuse, deactivation), so an access token cannot become a session of its own.
 
     Memberships reach auth by event, so one accepted a moment ago may not be here yet: wait a
     little for it before answering not found.
@@ -231,7 +220,9 @@ async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> 
         wanted = uuid.UUID(tenant_id)
     except ValueError:
         raise AppError(errors.TENANT_NOT_FOUND) from None
-    await me(auth=auth, claims=claims)  # the caller's own session must still be good
+    _, current, _ = await _live_session(auth=auth, claims=claims)
+    if wanted == claims.tenant_id:
+        raise AppError(errors.ALREADY_IN_TENANT)
 
     async def probe() -> Membership | None:
         async with auth.reads.connect() as conn:
@@ -241,7 +232,9 @@ async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> 
     if membership is None:
         raise AppError(errors.TENANT_NOT_FOUND)
     async with auth.engine.begin() as conn:
-        session_id, refresh_token = await _open_session(conn, auth=auth, user_id=claims.user_id, membership=membership)
+        session_id, refresh_token = await _open_session(
+            conn, auth=auth, user_id=claims.user_id, membership=membership, family=current
+        )
     log.info("user.switched_tenant", tenant_id=str(wanted))
     return Tokens(
         access_token=_sign(auth, user_id=claims.user_id, membership=membership, session_id=session_id),
@@ -251,26 +244,30 @@ async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> 
     )
 
 
-async def _revoke(conn: AsyncConnection, *, session: Session, reason: str) -> None:
-    if await repo.revoke_session(conn, session_id=session.id, reason=reason):
+async def _revoked(conn: AsyncConnection, sessions: list[Session]) -> int:
+    """Tells every verifier that these sessions (just ended) are over; their access tokens stop within a second."""
+    for session in sessions:
         await _emit(
             conn,
-            event_type=SESSION_REVOKED,
+            event=SESSION_REVOKED,
             actor_id=str(session.user_id),
             tenant_id=str(session.tenant_id),
             payload=events_pb2.SessionRevoked(
                 session_id=str(session.id), user_id=str(session.user_id), expires_at=timestamp(session.expires_at)
             ),
         )
+    return len(sessions)
 
 
 async def refresh(*, auth: Auth, refresh_token: str) -> Tokens:
-    """Spends the refresh token for a new pair; a spent one revokes its whole session."""
+    """Spends the refresh token for a new pair. A spent one used again within `refresh_reuse_grace_s` is a
+    concurrent refresh and gets a pair of the same session; later, it is a stolen copy and ends the login."""
     if auth.keyring.signer is None:
         raise AppError(errors.KEYS_UNAVAILABLE)
     failure: AppError | None = None
     async with auth.engine.begin() as conn:
-        token = await repo.refresh_token_by_hash(conn, signing.hash_refresh_token(refresh_token))
+        # Locked: of two refreshes of one token, the second waits and sees the first one's spend.
+        token = await repo.refresh_token_by_hash(conn, signing.hash_refresh_token(refresh_token), for_update=True)
         session = await repo.session_by_id(conn, token.session_id) if token else None
         if token is None or session is None:
             raise AppError(errors.INVALID_REFRESH_TOKEN)
@@ -279,17 +276,24 @@ async def refresh(*, auth: Auth, refresh_token: str) -> Tokens:
         if token.expires_at <= _now() or session.expires_at <= _now():
             raise AppError(errors.INVALID_REFRESH_TOKEN)
         membership = await repo.membership(conn, user_id=session.user_id, tenant_id=session.tenant_id)
-        if token.used_at is not None or not await repo.spend_refresh_token(conn, token.id):
-            # Reuse: someone holds a copy of a spent token. Kill the family, keep that committed.
-            await _revoke(conn, session=session, reason="refresh_token_reused")
+        concurrent = token.used_at is not None and _now() - token.used_at <= dt.timedelta(
+            seconds=auth.refresh_reuse_grace_s
+        )
+        if token.used_at is not None and not concurrent:
+            # Reuse: someone holds a copy of a spent token. End the whole login, keep that committed.
+            await _revoked(conn, await repo.revoke_family(conn, family_id=session.family_id, reason="refresh_reused"))
             log.warning("session.refresh_token_reused", session_id=str(session.id))
             failure = AppError(errors.SESSION_REVOKED)
         elif membership is None:
-            await _revoke(conn, session=session, reason="membership_removed")
+            # Removed from this tenant: this session ends; the login's sessions in other tenants go on.
+            await _revoked(conn, await repo.revoke_session(conn, session_id=session.id, reason="membership_removed"))
             failure = AppError(errors.SESSION_REVOKED)
         else:
-            new_refresh_token = await _issue_refresh_token(conn, auth=auth, session_id=session.id)
-    auth.events_written()
+            if token.used_at is None:
+                await repo.spend_refresh_token(conn, token.id)
+            else:
+                log.info("session.concurrent_refresh", session_id=str(session.id))
+            new_refresh_token = await _issue_refresh_token(conn, auth=auth, session=session)
     if failure is not None or membership is None:
         raise failure or AppError(errors.SESSION_REVOKED)
     return Tokens(
@@ -301,26 +305,43 @@ async def refresh(*, auth: Auth, refresh_token: str) -> Tokens:
 
 
 async def logout(*, auth: Auth, refresh_token: str) -> None:
-    """Revokes the session of the refresh token; its access tokens stop working once verifiers hear of it."""
+    """Ends the login of the refresh token (every tenant's session of it); its access tokens stop working once
+    verifiers hear of it."""
     async with auth.engine.begin() as conn:
         token = await repo.refresh_token_by_hash(conn, signing.hash_refresh_token(refresh_token))
         session = await repo.session_by_id(conn, token.session_id) if token else None
         if session is None:
             raise AppError(errors.INVALID_REFRESH_TOKEN)
-        await _revoke(conn, session=session, reason="logout")
-    auth.events_written()
+        await _revoked(conn, await repo.revoke_family(conn, family_id=session.family_id, reason="logout"))
+
+
+async def logout_all(*, auth: Auth, claims: AccessClaims) -> int:
+    """Ends every session of the caller, on every device: for a user who suspects a leak."""
+    user, _, _ = await _live_session(auth=auth, claims=claims)
+    async with auth.engine.begin() as conn:
+        ended = await _revoked(conn, await repo.revoke_user_sessions(conn, user_id=user.id, reason="logout_all"))
+    log.info("user.logged_out_everywhere", sessions=ended)
+    return ended
+
+
+async def _live_session(*, auth: Auth, claims: AccessClaims) -> tuple[User, Session, str]:
+    """The caller, the session of their token and their current role in its tenant, checked against the database:
+    a revoked or expired session, an inactive user or a removed member gets nothing."""
+    row = await auth.fast_reads.one(
+        repo.USER_WITH_SESSION, {"user_id": claims.user_id, "session_id": claims.session_id}
+    )
+    if row is None:
+        raise AppError(errors.INVALID_TOKEN)
+    user, session, role = repo.user_with_session(row)
+    if session.revoked_at is not None or session.expires_at <= _now() or not user.is_active or role is None:
+        raise AppError(errors.SESSION_REVOKED)
+    return user, session, role
 
 
 async def me(*, auth: Auth, claims: AccessClaims) -> Me:
-    """The caller, checked against the database: a revoked session or inactive user gets nothing."""
-    async with auth.reads.connect() as conn:
-        found = await repo.user_with_session(conn, user_id=claims.user_id, session_id=claims.session_id)
-    if found is None:
-        raise AppError(errors.INVALID_TOKEN)
-    user, session = found
-    if session.revoked_at is not None or not user.is_active:
-        raise AppError(errors.SESSION_REVOKED)
-    return Me(user=user, tenant_id=claims.tenant_id, role=claims.role, session_id=session.id)
+    """The caller, checked against the database, with their current role (not the token's)."""
+    user, session, role = await _live_session(auth=auth, claims=claims)
+    return Me(user=user, tenant_id=session.tenant_id, role=role, session_id=session.id)
 
 
 async def set_user_active(*, auth: Auth, username: str, active: bool) -> User:
@@ -332,15 +353,14 @@ async def set_user_active(*, auth: Auth, username: str, active: bool) -> User:
             raise AppError(errors.USER_NOT_FOUND)
         await repo.set_active(conn, user_id=user.id, active=active, at=now)
         if active:
-            await _emit(conn, event_type=USER_ACTIVATED, payload=events_pb2.UserActivated(user_id=str(user.id)))
+            await _emit(conn, event=USER_ACTIVATED, payload=events_pb2.UserActivated(user_id=str(user.id)))
         else:
             await repo.revoke_user_sessions(conn, user_id=user.id, reason="user_deactivated")
             await _emit(
                 conn,
-                event_type=USER_DEACTIVATED,
+                event=USER_DEACTIVATED,
                 payload=events_pb2.UserDeactivated(user_id=str(user.id), deactivated_at=timestamp(now)),
             )
-    auth.events_written()
     log.info("user.activated" if active else "user.deactivated", user_id=str(user.id))
     return user
 

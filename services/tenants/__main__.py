@@ -14,30 +14,27 @@ from libs.common.config import MigrationSettings, TenantsSettings, decode_master
 from libs.common.db import create_engine
 from libs.common.error_reporting import configure_error_reporting
 from libs.common.grpc_client import open_channel
-from libs.common.identity import CallerIdentity, ServiceIdentity
-from libs.common.jwks import grpc_jwks_fetcher
+from libs.common.identity import Access, follow_users, rpc_name
 from libs.common.logging import configure_logging
-from libs.common.revocation import RevocationFeed, RevocationList
+from libs.common.revocation import RevocationFeed
 from libs.common.service import Runtime, ServiceSpec, add_common_commands, migrate, run_async, serve
-from libs.common.tokens import TokenVerifier
 from libs.common.tracing import configure_tracing
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.tenants import consumers, repository, use_cases
 from services.tenants.servicer import TenantsInternalServicer, TenantsServicer
 from services.tenants.use_cases import Tenants
 
+_INTERNAL = tenants_pb2.DESCRIPTOR.services_by_name["TenantsInternalService"]
 SPEC = ServiceSpec(
     name="tenants",
     schema=repository.SCHEMA,
     migrations=Path(__file__).parent / "migrations",
     outbox=repository.outbox,
     inbox=repository.inbox,
-    grpc_service_names=[
-        tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"].full_name,
-        tenants_pb2.DESCRIPTOR.services_by_name["TenantsInternalService"].full_name,
-    ],
-    consumer_subjects=consumers.SUBJECTS,
-    consumer_handlers=consumers.HANDLERS,
+    grpc_service_names=[tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"].full_name, _INTERNAL.full_name],
+    # Every internal RPC is for the analysis service alone; TenantsService takes users' tokens.
+    access=Access(services={rpc_name(_INTERNAL, m.name): frozenset({"analysis"}) for m in _INTERNAL.methods}),
+    consumers=consumers.HANDLERS,
 )
 
 
@@ -46,6 +43,7 @@ def build_tenants(settings: TenantsSettings, engine: AsyncEngine) -> Tenants:
         engine=engine,
         master_key=settings.master_key,
         invitation_ttl=dt.timedelta(seconds=settings.invitation_ttl_s),
+        max_owned_tenants=settings.user_max_tenants,
     )
 
 
@@ -55,25 +53,12 @@ async def serve_tenants(settings: TenantsSettings, stop: asyncio.Event | None = 
 
     async def wire(runtime: Runtime) -> None:
         nonlocal feed
-        verifier = TokenVerifier(
-            fetch_jwks=grpc_jwks_fetcher(auth_channel, deadline_s=settings.grpc_deadline_s),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            cache_ttl_s=settings.jwks_cache_ttl_s,
-            refresh_min_interval_s=settings.jwks_refresh_min_interval_s,
-        )
-        revocations = RevocationList(access_token_ttl_s=settings.access_token_ttl_s)
-        feed = RevocationFeed(js=runtime.js, revocations=revocations, access_token_ttl_s=settings.access_token_ttl_s)
-        await feed.start()
+        users, feed = await follow_users(settings, js=runtime.js, auth_channel=auth_channel)
+        runtime.authenticate(users)
         tenants = build_tenants(settings, runtime.engine)
-        tenants.on_events = runtime.relay.notify
-        identity = CallerIdentity(verifier=verifier, revocations=revocations)
-        tenants_pb2_grpc.add_TenantsServiceServicer_to_server(
-            TenantsServicer(tenants=tenants, identity=identity), runtime.server.server
-        )
-        services = ServiceIdentity({n: t.get_secret_value() for n, t in settings.internal_service_tokens.items()})
+        tenants_pb2_grpc.add_TenantsServiceServicer_to_server(TenantsServicer(tenants=tenants), runtime.server.server)
         tenants_pb2_grpc.add_TenantsInternalServiceServicer_to_server(
-            TenantsInternalServicer(tenants=tenants, services=services), runtime.server.server
+            TenantsInternalServicer(tenants=tenants), runtime.server.server
         )
 
     try:

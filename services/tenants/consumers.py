@@ -1,10 +1,9 @@
-"""NATS event handlers of the tenants service."""
+"""The events the tenants service consumes, and their handlers."""
 
 from __future__ import annotations
 
 from libs.common.consumer import Handler
-from libs.common.events import subject_for
+from libs.common.event_types import USER_REGISTERED, EventType
 from services.tenants import use_cases
 
-SUBJECTS = [subject_for("auth", "user.registered")]
-HANDLERS: dict[str, Handler] = {"user.registered": use_cases.create_personal_tenant}
+HANDLERS: dict[EventType, Handler] = {USER_REGISTERED: use_cases.create_personal_tenant}

@@ -19,12 +19,6 @@ SECRET_FIELDS = ("github_token", "anthropic_api_key", "openai_api_key")
 SECRET_MAX = 512
 INVITATION_TTL = dt.timedelta(days=7)
 
-# Event types this service publishes.
-TENANT_CREATED = "tenant.created"
-TENANT_DELETED = "tenant.deleted"
-MEMBERSHIP_CHANGED = "membership.changed"
-SETTINGS_CHANGED = "settings.changed"
-
 
 def invalid(field_name: str, reason: str) -> AppError:
     return AppError(errors.VALIDATION, details={"field": field_name, "reason": reason})
@@ -89,6 +83,8 @@ class Invitation:
     invited_by: uuid.UUID
     expires_at: dt.datetime
     accepted_at: dt.datetime | None
+    revoked_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +163,11 @@ PERMISSIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "members.grant_owner": (("owner",), "Invite as owner, or make a member owner"),
     "members.change_role": (("owner", "admin"), "Change a role (`PATCH .../members/{id}`); admins not an owner's"),
     "members.remove": (("owner", "admin"), "Remove a member; admins not an owner; anyone may remove themselves"),
+    "invitations.read": (("owner", "admin"), "List pending invitations (`GET /tenants/current/invitations`)"),
+    "invitations.revoke": (
+        ("owner", "admin"),
+        "Revoke a pending invitation (`DELETE .../invitations/{id}`); admins not an invitation as owner",
+    ),
     "settings.read": (ROLES, "Read settings (`GET /settings`); secrets only masked"),
     "settings.write": (("owner", "admin"), "Change settings (`PATCH /settings`)"),
 }
@@ -174,7 +175,13 @@ RULES = (
     "A tenant always keeps at least one owner: the last owner can be neither demoted nor removed (`ERR_TENANT_004`).",
     "A personal tenant has exactly one member, its owner, and is deleted only with its user (`ERR_TENANT_005`).",
     "Another tenant's resources answer 404, never 403: their existence is not revealed.",
-    "Roles are read from the tenants database on every call; the role in a token is informative only.",
+    "An invitation is accepted only while it is pending (not accepted, revoked or expired), its tenant is active "
+    "and its inviter is still a member who may grant its role; all checked in the transaction that adds the member.",
+    "The role in a token is informative only; every call is authorised by the member's current role: the tenants "
+    "service reads it from its database, the analysis service from its projection of `membership.changed` (in "
+    "force within a second of the change), and auth puts the current role in every token it issues and in "
+    "`GET /auth/me`.",
+    "Analyses: members and up create, change and delete repositories and queue and cancel analyses; viewers read.",
 )
 
 
@@ -187,9 +194,14 @@ def ensure(role: str, action: str) -> None:
         raise AppError(errors.FORBIDDEN)
 
 
-def ensure_can_grant(actor_role: str, role: str) -> None:
+def can_grant(actor_role: str, role: str) -> bool:
     """Only an owner makes another owner; admins grant admin, member, viewer."""
-    ensure(actor_role, "members.grant_owner" if role == "owner" else "members.invite")
+    return allowed(actor_role, "members.grant_owner" if role == "owner" else "members.invite")
+
+
+def ensure_can_grant(actor_role: str, role: str) -> None:
+    if not can_grant(actor_role, role):
+        raise AppError(errors.FORBIDDEN)
 
 
 def ensure_can_change(actor_role: str, target_role: str, *, action: str, actor_is_target: bool = False) -> None:

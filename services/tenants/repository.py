@@ -65,6 +65,8 @@ invitations = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("accepted_at", sa.DateTime(timezone=True)),
     sa.Column("accepted_by", sa.Uuid),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_by", sa.Uuid),
     schema=SCHEMA,
 )
 data_keys = sa.Table(
@@ -112,7 +114,17 @@ _MEMBERSHIP_SELECT = sa.select(
 
 
 async def tenant_exists(conn: AsyncConnection, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant was ever created (deleted ones included)."""
     return bool((await conn.execute(sa.select(sa.exists().where(tenants.c.id == tenant_id)))).scalar_one())
+
+
+async def lock_active_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant is active, holding it so until the transaction ends: a deletion (which locks the row for
+    update) waits for this transaction, or this one for the deletion, and then sees it deleted."""
+    query = (
+        sa.select(tenants.c.id).where(tenants.c.id == tenant_id, tenants.c.status == ACTIVE).with_for_update(read=True)
+    )
+    return (await conn.execute(query)).first() is not None
 
 
 async def slug_taken(conn: AsyncConnection, slug: str, *, other_than: uuid.UUID | None = None) -> bool:
@@ -211,9 +223,47 @@ async def member(conn: AsyncConnection, *, tenant_id: uuid.UUID, user_id: uuid.U
     return _member(row) if row else None
 
 
+async def all_memberships(
+    conn: AsyncConnection, *, after: tuple[uuid.UUID, uuid.UUID] | None, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID, str, int]]:
+    """(tenant, user, role, version) of every active tenant's members, in key order from after `after`."""
+    query = (
+        sa.select(memberships.c.tenant_id, memberships.c.user_id, memberships.c.role, memberships.c.version)
+        .join(tenants, tenants.c.id == memberships.c.tenant_id)
+        .where(tenants.c.status == ACTIVE)
+    )
+    if after is not None:
+        query = query.where(sa.tuple_(memberships.c.tenant_id, memberships.c.user_id) > sa.tuple_(*after))
+    rows = (await conn.execute(query.order_by(memberships.c.tenant_id, memberships.c.user_id).limit(limit))).all()
+    return [(r.tenant_id, r.user_id, r.role, r.version) for r in rows]
+
+
 async def member_ids(conn: AsyncConnection, tenant_id: uuid.UUID) -> list[uuid.UUID]:
     query = sa.select(memberships.c.user_id).where(memberships.c.tenant_id == tenant_id)
     return list((await conn.execute(query)).scalars().all())
+
+
+async def lock_owned_tenants(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    """Serialises one user's count-then-create of organisations until the transaction ends, rollback included, so
+    two concurrent creations cannot both take the last place."""
+    await conn.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext('tenants:owned'), hashtext(:user))"), {"user": str(user_id)}
+    )
+
+
+async def owned_organisations(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+    """Active organisations the user is an owner of; the personal tenant is not one."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(memberships.join(tenants, tenants.c.id == memberships.c.tenant_id))
+        .where(
+            memberships.c.user_id == user_id,
+            memberships.c.role == "owner",
+            tenants.c.status == ACTIVE,
+            tenants.c.personal.is_(False),
+        )
+    )
+    return int((await conn.execute(query)).scalar_one())
 
 
 async def owner_count(conn: AsyncConnection, tenant_id: uuid.UUID) -> int:
@@ -274,6 +324,8 @@ def _invitation(row: Any) -> Invitation:
         invited_by=row.invited_by,
         expires_at=row.expires_at,
         accepted_at=row.accepted_at,
+        revoked_at=row.revoked_at,
+        created_at=row.created_at,
     )
 
 
@@ -295,6 +347,39 @@ async def invitation_by_hash(conn: AsyncConnection, token_hash: bytes) -> Invita
     query = sa.select(invitations).where(invitations.c.token_hash == token_hash).with_for_update()
     row = (await conn.execute(query)).first()
     return _invitation(row) if row else None
+
+
+async def pending_invitations(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, after: uuid.UUID | None, limit: int
+) -> list[Invitation]:
+    """Neither accepted nor revoked (expired ones included: they show why someone could not join), oldest first."""
+    query = sa.select(invitations).where(
+        invitations.c.tenant_id == tenant_id, invitations.c.accepted_at.is_(None), invitations.c.revoked_at.is_(None)
+    )
+    if after is not None:
+        query = query.where(invitations.c.id > after)
+    rows = (await conn.execute(query.order_by(invitations.c.id).limit(limit))).all()
+    return [_invitation(r) for r in rows]
+
+
+async def invitation_of_tenant(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, invitation_id: uuid.UUID
+) -> Invitation | None:
+    query = (
+        sa.select(invitations)
+        .where(invitations.c.id == invitation_id, invitations.c.tenant_id == tenant_id)
+        .with_for_update()
+    )
+    row = (await conn.execute(query)).first()
+    return _invitation(row) if row else None
+
+
+async def revoke_invitation(conn: AsyncConnection, *, invitation_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    await conn.execute(
+        invitations.update()
+        .where(invitations.c.id == invitation_id)
+        .values(revoked_at=sa.func.now(), revoked_by=user_id)
+    )
 
 
 async def mark_accepted(conn: AsyncConnection, *, invitation_id: uuid.UUID, user_id: uuid.UUID) -> None:

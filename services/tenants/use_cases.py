@@ -9,7 +9,6 @@ import hashlib
 import secrets as random
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from libs.common import errors
 from libs.common.db import autocommit
 from libs.common.errors import AppError
+from libs.common.event_types import MEMBERSHIP_CHANGED, SETTINGS_CHANGED, TENANT_CREATED, TENANT_DELETED, EventType
 from libs.common.events import new_id, propagated, timestamp, unpack
 from libs.common.outbox import emit
 from libs.common.pagination import Page, decode_cursor, page_limit, page_of
@@ -29,17 +29,14 @@ from services.tenants import secrets
 from services.tenants.domain import (
     INVITATION_TTL,
     LLM_PROVIDERS,
-    MEMBERSHIP_CHANGED,
     SECRET_FIELDS,
-    SETTINGS_CHANGED,
-    TENANT_CREATED,
-    TENANT_DELETED,
     Invitation,
     Member,
     QualityGate,
     Secret,
     Settings,
     TenantMembership,
+    can_grant,
     ensure,
     ensure_can_change,
     ensure_can_grant,
@@ -67,15 +64,11 @@ class Tenants:
     engine: AsyncEngine
     master_key: bytes = b""
     invitation_ttl: dt.timedelta = INVITATION_TTL
-    on_events: Callable[[], None] | None = None
+    max_owned_tenants: int = 20  # organisations a user may own at once (USER_MAX_TENANTS)
     reads: AsyncEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = autocommit(self.engine)
-
-    def events_written(self) -> None:
-        if self.on_events is not None:
-            self.on_events()
 
 
 def _version() -> int:
@@ -83,16 +76,8 @@ def _version() -> int:
     return time.time_ns() // 1000
 
 
-async def _emit(conn: AsyncConnection, *, event_type: str, payload: Any, actor_id: str, tenant_id: str) -> None:
-    await emit(
-        conn,
-        repo.outbox,
-        service="tenants",
-        event_type=event_type,
-        payload=payload,
-        actor_id=actor_id,
-        tenant_id=tenant_id,
-    )
+async def _emit(conn: AsyncConnection, *, event: EventType, payload: Any, actor_id: str, tenant_id: str) -> None:
+    await emit(conn, repo.outbox, event=event, payload=payload, actor_id=actor_id, tenant_id=tenant_id)
 
 
 async def _membership_changed(
@@ -108,7 +93,7 @@ async def _membership_changed(
 ) -> None:
     await _emit(
         conn,
-        event_type=MEMBERSHIP_CHANGED,
+        event=MEMBERSHIP_CHANGED,
         actor_id=str(actor),
         tenant_id=str(tenant_id),
         payload=events_pb2.MembershipChanged(
@@ -162,7 +147,7 @@ async def create_personal_tenant(conn: AsyncConnection, envelope: events_pb2.Eve
     await repo.add_membership(conn, tenant_id=tenant_id, user_id=user_id, role="owner", version=version)
     await _emit(
         conn,
-        event_type=TENANT_CREATED,
+        event=TENANT_CREATED,
         actor_id=str(user_id),
         tenant_id=str(tenant_id),
         payload=events_pb2.TenantCreated(
@@ -204,17 +189,25 @@ async def get_tenant(*, tenants: Tenants, claims: AccessClaims, tenant_id: str) 
 
 
 async def create_tenant(*, tenants: Tenants, claims: AccessClaims, name: str, slug: str) -> TenantMembership:
-    """A new organisation; the caller is its owner."""
+    """A new organisation, within the organisations the caller may own; the caller is its owner."""
     name, slug = validate_name(name), validate_slug(slug)
     tenant_id, version = new_id(), _version()
     async with tenants.engine.begin() as conn:
         if await repo.slug_taken(conn, slug):
             raise AppError(errors.SLUG_TAKEN)
+        await repo.lock_owned_tenants(conn, claims.user_id)  # held until the new owner membership commits
+        limit = tenants.max_owned_tenants
+        if await repo.owned_organisations(conn, claims.user_id) >= limit:
+            raise AppError(
+                errors.TENANT_QUOTA,
+                message=f"Organisation limit reached: a user may own {limit} organisations",
+                details={"limit": str(limit)},
+            )
         await repo.add_tenant(conn, tenant_id=tenant_id, name=name, slug=slug, personal=False)
         await repo.add_membership(conn, tenant_id=tenant_id, user_id=claims.user_id, role="owner", version=version)
         await _emit(
             conn,
-            event_type=TENANT_CREATED,
+            event=TENANT_CREATED,
             actor_id=str(claims.user_id),
             tenant_id=str(tenant_id),
             payload=events_pb2.TenantCreated(
@@ -225,7 +218,6 @@ async def create_tenant(*, tenants: Tenants, claims: AccessClaims, name: str, sl
             conn, actor=claims.user_id, tenant_id=tenant_id, user_id=claims.user_id, role="owner", version=version
         )
         membership = await _acting(conn, dataclasses.replace(claims, tenant_id=tenant_id))
-    tenants.events_written()
     log.info("tenant.created", tenant_id=str(tenant_id), personal=False)
     return membership
 
@@ -261,7 +253,7 @@ async def delete_current_tenant(*, tenants: Tenants, claims: AccessClaims) -> uu
         await repo.delete_data_key(conn, acting.tenant.id)
         await _emit(
             conn,
-            event_type=TENANT_DELETED,
+            event=TENANT_DELETED,
             actor_id=str(claims.user_id),
             tenant_id=str(acting.tenant.id),
             payload=events_pb2.TenantDeleted(
@@ -270,7 +262,6 @@ async def delete_current_tenant(*, tenants: Tenants, claims: AccessClaims) -> uu
                 member_user_ids=[str(m) for m in member_ids],
             ),
         )
-    tenants.events_written()
     log.info("tenant.deleted", tenant_id=str(acting.tenant.id))
     return acting.tenant.id
 
@@ -314,7 +305,6 @@ async def update_member(*, tenants: Tenants, claims: AccessClaims, user_id: str,
             conn, actor=claims.user_id, tenant_id=acting.tenant.id, user_id=target_id, role=role, version=version
         )
         changed = await repo.member(conn, tenant_id=acting.tenant.id, user_id=target_id)
-    tenants.events_written()
     assert changed is not None
     return changed
 
@@ -342,7 +332,6 @@ async def remove_member(*, tenants: Tenants, claims: AccessClaims, user_id: str)
             version=_version(),
             removed=True,
         )
-    tenants.events_written()
     log.info("member.removed", member=str(target_id))
 
 
@@ -378,6 +367,7 @@ async def create_invitation(
             invited_by=claims.user_id,
             expires_at=dt.datetime.now(dt.UTC) + tenants.invitation_ttl,
             accepted_at=None,
+            created_at=dt.datetime.now(dt.UTC),
         )
         await repo.add_invitation(conn, invitation, token_hash=_hash_token(token))
     log.info("invitation.created", invitation_id=str(invitation.id), role=role)
@@ -396,7 +386,10 @@ async def _caller_names(tenants: Tenants, user_id: uuid.UUID) -> tuple[str, str]
 
 
 async def accept_invitation(*, tenants: Tenants, claims: AccessClaims, token: str) -> TenantMembership:
-    """Joins the invitation's tenant, if it is addressed to the caller, unused and unexpired."""
+    """Joins the invitation's tenant, if it is addressed to the caller and still stands: pending, unexpired, its
+    tenant active and its inviter still a member who may grant its role. All of it is checked in the
+    transaction that adds the member, with the tenant's row held, so no membership is ever committed to a
+    tenant being deleted, or on the word of an inviter who has just lost the right to give it."""
     names = await _caller_names(tenants, claims.user_id)
     async with tenants.engine.begin() as conn:
         invitation = await repo.invitation_by_hash(conn, _hash_token(token))
@@ -405,10 +398,15 @@ async def accept_invitation(*, tenants: Tenants, claims: AccessClaims, token: st
             raise AppError(errors.INVITATION_NOT_FOUND)
         if invitation.accepted_at is not None:
             raise AppError(errors.INVITATION_USED)
+        if invitation.revoked_at is not None:
+            raise AppError(errors.INVITATION_WITHDRAWN)
         if invitation.expires_at <= dt.datetime.now(dt.UTC):
             raise AppError(errors.INVITATION_EXPIRED)
-        if not await repo.tenant_exists(conn, invitation.tenant_id):
-            raise AppError(errors.INVITATION_NOT_FOUND)
+        if not await repo.lock_active_tenant(conn, invitation.tenant_id):
+            raise AppError(errors.INVITATION_NOT_FOUND)  # deleted, or being deleted
+        inviter = await repo.member(conn, tenant_id=invitation.tenant_id, user_id=invitation.invited_by)
+        if inviter is None or not can_grant(inviter.role, invitation.role):
+            raise AppError(errors.INVITATION_WITHDRAWN)
         if await repo.member(conn, tenant_id=invitation.tenant_id, user_id=claims.user_id):
             raise AppError(errors.ALREADY_MEMBER)
         version = _version()
@@ -425,10 +423,41 @@ async def accept_invitation(*, tenants: Tenants, claims: AccessClaims, token: st
             version=version,
         )
         membership = await repo.membership_of_user(conn, user_id=claims.user_id, tenant_id=invitation.tenant_id)
-    tenants.events_written()
-    if membership is None:  # the tenant was deleted in between
-        raise AppError(errors.INVITATION_NOT_FOUND)
+        assert membership is not None  # the tenant is held active and the row was just added
+    log.info("invitation.accepted", invitation_id=str(invitation.id))
     return membership
+
+
+async def list_invitations(*, tenants: Tenants, claims: AccessClaims, page_size: int, cursor: str) -> Page[Invitation]:
+    """The token's tenant's invitations that are neither accepted nor revoked (owners and admins)."""
+    limit = page_limit(page_size)
+    async with tenants.reads.connect() as conn:
+        acting = await _acting(conn, claims)
+        ensure(acting.role, "invitations.read")
+        rows = await repo.pending_invitations(
+            conn, tenant_id=acting.tenant.id, after=decode_cursor(cursor), limit=limit + 1
+        )
+    return page_of(rows, limit, lambda i: i.id)
+
+
+async def revoke_invitation(*, tenants: Tenants, claims: AccessClaims, invitation_id: str) -> None:
+    """Withdraws a pending invitation: its token no longer joins anyone (owners and admins; an owner's invitation
+    only by an owner)."""
+    try:
+        wanted = uuid.UUID(invitation_id)
+    except ValueError:
+        raise AppError(errors.INVITATION_NOT_FOUND) from None
+    async with tenants.engine.begin() as conn:
+        acting = await _acting(conn, claims, for_update=True)
+        ensure(acting.role, "invitations.revoke")
+        invitation = await repo.invitation_of_tenant(conn, tenant_id=acting.tenant.id, invitation_id=wanted)
+        if invitation is None or invitation.revoked_at is not None:
+            raise AppError(errors.INVITATION_NOT_FOUND)
+        if invitation.accepted_at is not None:
+            raise AppError(errors.INVITATION_USED)
+        ensure_can_grant(acting.role, invitation.role)
+        await repo.revoke_invitation(conn, invitation_id=invitation.id, user_id=claims.user_id)
+    log.info("invitation.revoked", invitation_id=str(invitation.id))
 
 
 # Settings
@@ -494,12 +523,11 @@ async def update_settings(
         updated_at = await repo.save_settings(conn, updated)
         await _emit(
             conn,
-            event_type=SETTINGS_CHANGED,
+            event=SETTINGS_CHANGED,
             actor_id=str(claims.user_id),
             tenant_id=str(tenant_id),
             payload=events_pb2.SettingsChanged(tenant_id=str(tenant_id), fields=sorted(set(fields))),
         )
-    tenants.events_written()
     log.info("settings.changed", fields=sorted(set(fields)))
     return dataclasses.replace(updated, updated_at=updated_at)
 
@@ -525,6 +553,27 @@ async def tenant_secrets(*, tenants: Tenants, tenant_id: str) -> tuple[dict[str,
         if data_key is not None
     }
     return clear, current
+
+
+async def all_memberships(
+    *, tenants: Tenants, page_size: int, cursor: str
+) -> tuple[list[tuple[uuid.UUID, uuid.UUID, str, int]], str]:
+    """A page of every membership with its version (for another service's projection); the cursor is the last
+    (tenant, user) key."""
+    limit = page_size or 500
+    if not 1 <= limit <= 1000:
+        raise invalid("page_size", "1-1000")
+    after: tuple[uuid.UUID, uuid.UUID] | None = None
+    if cursor:
+        try:
+            tenant, user = cursor.split("/")
+            after = (uuid.UUID(tenant), uuid.UUID(user))
+        except ValueError:
+            raise invalid("page_token", "not a token from this RPC") from None
+    async with tenants.reads.connect() as conn:
+        rows = await repo.all_memberships(conn, after=after, limit=limit + 1)
+    page = rows[:limit]
+    return page, f"{page[-1][0]}/{page[-1][1]}" if len(rows) > limit else ""
 
 
 async def rewrap_data_keys(*, tenants: Tenants, old_master_key: bytes) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.analysis_repos import git_repository
-from tests.e2e.people import Organisation, Person, expect, invite, organisation, ready_for_analysis, register
+from tests.e2e.people import Organisation, Person, expect, invitation, organisation, ready_for_analysis, register
 
 # Routes anyone may call, or that are about the caller's identity rather than a tenant's data.
 PUBLIC = {
@@ -23,6 +23,7 @@ PUBLIC = {
     ("POST", "/api/v2/auth/login"),
     ("POST", "/api/v2/auth/refresh"),
     ("POST", "/api/v2/auth/logout"),
+    ("POST", "/api/v2/auth/logout-all"),
     ("GET", "/api/v2/auth/me"),
     ("GET", "/api/v2/tenants"),
     ("POST", "/api/v2/tenants"),
@@ -61,7 +62,9 @@ ROUTES = [
     Route("PATCH", "/api/v2/tenants/current/members/{a_member_id}", {"role": "viewer"}, addressed=True),
     Route("DELETE", "/api/v2/tenants/current/members/{a_member_id}", addressed=True),
     Route("POST", "/api/v2/tenants/current/invitations", {"email": "someone@example.com", "role": "member"}),
-    Route("POST", "/api/v2/invitations/{a_invitation_token}/accept", addressed=True),
+    Route("POST", "/api/v2/invitations/accept", {"token": "{a_invitation_token}"}, addressed=True),
+    Route("GET", "/api/v2/tenants/current/invitations"),
+    Route("DELETE", "/api/v2/tenants/current/invitations/{a_invitation_id}", addressed=True),
     Route("POST", "/api/v2/auth/switch-tenant", {"tenant_id": "{a_tenant_id}"}, addressed=True),
     Route("GET", "/api/v2/settings"),
     Route("PATCH", "/api/v2/settings", {"llm_model": "changed-by-b"}),
@@ -97,6 +100,7 @@ class TwoTenants:
             "settings": expect(owner.get("/api/v2/settings"), 200),
             "repositories": expect(owner.get("/api/v2/repositories"), 200),
             "analyses": expect(owner.get("/api/v2/analyses"), 200),
+            "invitations": expect(owner.get("/api/v2/tenants/current/invitations"), 200),
         }
 
     def a_markers(self) -> list[str]:
@@ -137,10 +141,12 @@ def two_tenants(client: httpx.Client) -> TwoTenants:
     while expect(a_owner.get(f"/api/v2/analyses/{analysis['id']}"), 200)["status"] != "succeeded":
         assert time.monotonic() < deadline, "tenant A's analysis never succeeded"
         time.sleep(0.2)
+    pending = invitation(a_owner, outsider, "viewer")
     values = {
         "a_tenant_id": a.tenant_id,
         "a_member_id": a["member"].user_id,
-        "a_invitation_token": invite(a_owner, outsider, "viewer"),
+        "a_invitation_token": pending["token"],
+        "a_invitation_id": pending["id"],
         "a_repository_id": repository["id"],
         "a_analysis_id": analysis["id"],
     }

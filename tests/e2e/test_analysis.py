@@ -110,6 +110,46 @@ def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: P
     }
 
 
+# Report fields that are fractions by nature (timings are seconds); every other number is a count, a line, a size or a
+# version, and must come back an integer (a Struct across gRPC once turned them all into doubles).
+FRACTIONS = {"score", "average"}
+
+
+def _floats(value: Any, path: str = "") -> list[str]:
+    """Paths of the float values in a JSON document, outside `timings` (seconds, by name)."""
+    if isinstance(value, float):
+        return [path]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() if key != "timings" for p in _floats(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _floats(item, f"{path}[{i}]")]
+    return []
+
+
+def test_the_report_keeps_integers_integers(client: httpx.Client, tmp_path: Path) -> None:
+    person = ready_for_analysis(register(client))
+    files = {
+        "app/main.py": PYTHON,
+        "web/app.js": JAVASCRIPT,
+        "cmd/main.go": GO,
+        "requirements.txt": "requests==2.32.3\nflask>=3\n",
+        "package.json": '{"name": "w", "version": "1.0.0", "dependencies": {"left-pad": "^1.3.0"}}',
+        "config.py": 'AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n',
+    }
+    source = git_repository(tmp_path / "project", files)
+    repository = expect(person.post("/api/v2/repositories", json={"name": "ints", "url": str(source)}), 201)
+    started = expect(person.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}), 202)
+    assert wait_for(person, started["id"], {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    response = person.get(f"/api/v2/analyses/{started['id']}/report")
+    report = response.json()
+    assert report["inventory"]["totals"]["code"] > 0
+    assert report["complexity"]["functions"] == 3
+    floats = _floats(report)
+    wrong = [path for path in floats if path.rsplit(".", 1)[-1].split("[")[0] not in FRACTIONS]
+    assert not wrong, f"integers that came back as floats: {wrong}"
+    assert '"code":3' in response.text.replace(" ", "")
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.devstack.servers import EmbeddedNats, create_database, drop_database
 from libs.devstack.stack import Stack
-from tests.conftest import RELAXED_RATE_LIMITS
+from tests.conftest import own_stack
 from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import Person, eventually, expect, ready_for_analysis, register
 from tests.llm_standin import OVERLOADED, REVIEW_TEXT, SERVER_ERROR, SLOW, Behaviour, LlmStandIn
@@ -44,29 +42,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def llm_stack(postgres_server_url: str, standin: LlmStandIn, root: Path) -> Iterator[Stack]:
     """A stack of its own (database and NATS too: workers and relays of two stacks must not meet) whose
     worker sends the SDKs to the stand-in; every process logs to `root / "stack.log"`."""
-    nats = EmbeddedNats(root / "nats")
-    nats.start()
-    name = f"repolens_test_{secrets.token_hex(6)}"
-    database_url = create_database(postgres_server_url, name)
-    running = Stack(
-        database_url,
-        nats.url,
-        environment="test",
-        extra_env={
-            **RELAXED_RATE_LIMITS,
-            "ANTHROPIC_BASE_URL": standin.anthropic_url,
-            "OPENAI_BASE_URL": standin.openai_url,
-            "LLM_TIMEOUT_S": "20",
-        },
-        log_file=root / "stack.log",
-    )
-    try:
-        running.start()
+    env = {"ANTHROPIC_BASE_URL": standin.anthropic_url, "OPENAI_BASE_URL": standin.openai_url, "LLM_TIMEOUT_S": "20"}
+    with own_stack(postgres_server_url, root, env) as running:
         yield running
-    finally:
-        running.close()
-        nats.delete()
-        drop_database(postgres_server_url, name)
 
 
 @pytest.fixture

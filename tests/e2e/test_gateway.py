@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import psycopg
@@ -21,6 +22,7 @@ import pytest
 
 from libs.common.config import DEVELOPMENT_MASTER_KEY, decode_master_key
 from libs.devstack.stack import Stack
+from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.auth import signing
 from services.auth.domain import SigningKey
 
@@ -220,6 +222,7 @@ def test_reused_refresh_token_kills_the_session(client: httpx.Client) -> None:
     assert rotated.status_code == 200
     second = rotated.json()
     assert second["refresh_token"] != first["refresh_token"]
+    time.sleep(1.2)  # past REFRESH_REUSE_GRACE_S (1 s in the tests): a reuse, not a concurrent refresh
     reused = client.post("/api/v2/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert reused.status_code == 401
     assert error_code(reused) == "ERR_AUTH_005"
@@ -292,6 +295,37 @@ def test_unknown_routes_and_methods_use_the_contract(client: httpx.Client) -> No
     wrong_method = client.get("/api/v2/auth/login")
     assert wrong_method.status_code == 405
     assert error_code(wrong_method) == "ERR_REQUEST_002"
+    assert wrong_method.headers["allow"] == "POST"
+    # A path served by several routes takes the methods of all of them (RFC 9110's Allow).
+    assert client.options("/api/v2/tenants/current").headers["allow"] == "DELETE, GET, HEAD, PATCH"
+    assert client.put("/api/v2/settings").headers["allow"] == "GET, HEAD, PATCH"
+
+
+def test_nul_characters_are_refused_with_a_field_error_at_the_edge_and_behind_it(
+    client: httpx.Client, stack: Stack
+) -> None:
+    body = {"username": "nul" + uuid.uuid4().hex[:8], "email": "a\u0000b@example.com", "password": PASSWORD}
+    for path, sent, field in (
+        ("/api/v2/auth/register", body, "email"),
+        ("/api/v2/auth/login", {"username": "x\u0000y", "password": "whatever1"}, "username"),
+    ):
+        refused = client.post(path, content=json.dumps(sent), headers={"Content-Type": "application/json"})
+        assert refused.status_code == 422, refused.text
+        assert [f["field"] for f in refused.json()["error"]["details"]["fields"]] == [field]
+    tokens = login(client, register(client)["username"])
+    query = client.get("/api/v2/repositories", params={"name": "a\x00"}, headers=bearer(tokens["access_token"]))
+    assert query.status_code == 422
+    assert error_code(query) == "ERR_VALIDATION_001"
+    # A caller past the gateway gets the same answer from the service, not an internal error from the database.
+    with grpc.insecure_channel(stack.grpc_target("tenants")) as channel:
+        stub = tenants_pb2_grpc.TenantsServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateTenant(
+                tenants_pb2.CreateTenantRequest(name="bad\x00name", slug="nul-" + uuid.uuid4().hex[:8]),
+                metadata=(("authorization", f"Bearer {tokens['access_token']}"),),
+                timeout=10,
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_request_id_is_echoed_and_reaches_the_auth_service_log(client: httpx.Client, stack: Stack) -> None:

@@ -22,6 +22,7 @@ from tests.e2e.people import PASSWORD, error_code, expect, ready_for_analysis, r
 
 COMPLETED = "repolens.events.analysis.analysis.completed"
 DB_POOL_LIMIT = 10 + 5  # DB_POOL_SIZE + DB_MAX_OVERFLOW, the defaults the stack runs with
+READ_POOL_LIMIT = 4  # DB_READ_POOL_SIZE
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,9 @@ def test_auth_counts_logins_rpcs_and_events(flow: Flow) -> None:
     )
     assert auth.value("repolens_nats_published_total", subject="repolens.events.auth.user.registered") >= 1
     _service_basics(auth, consumer="auth", outbox="auth", pool="auth")
+    # The hot reads' own pool (FastReads), where authenticated calls to auth read their session.
+    assert auth.value("repolens_db_pool_limit", pool="auth-reads") == READ_POOL_LIMIT
+    assert auth.value("repolens_db_pool_waiting", pool="auth-reads") == 0
 
 
 def test_tenants_counts_rpcs_and_events(flow: Flow) -> None:
@@ -229,6 +233,7 @@ def test_analysis_counts_queued_analyses_and_jobs(flow: Flow) -> None:
     )
     assert analysis.value("repolens_nats_published_total", subject="repolens.jobs.analysis") >= 1
     _service_basics(analysis, consumer="analysis", outbox="analysis", pool="analysis")
+    assert analysis.value("repolens_db_pool_limit", pool="analysis-reads") == READ_POOL_LIMIT  # polled analyses
 
 
 def test_worker_counts_runs_steps_and_its_queue(flow: Flow) -> None:

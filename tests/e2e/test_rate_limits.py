@@ -8,59 +8,23 @@ X-Forwarded-For, the way a load balancer would tell the gateway.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from libs.devstack.servers import LOCALHOST, free_port
 from libs.devstack.stack import Stack
-from libs.devstack.supervisor import Supervisor
+from tests.e2e.gateways import Gateways
 from tests.e2e.people import PASSWORD, error_code, expect, register, unique
 
 SECURITY_HEADERS = ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy")
 ORIGIN = "https://app.example.com"
-
-
-class Gateways:
-    """Extra `python -m gateway` processes on free ports, against a running stack's services."""
-
-    def __init__(self, stack: Stack, log_file: Path):
-        self.stack = stack
-        self.supervisor = Supervisor(log_file=log_file)
-        self.count = 0
-
-    def start(self, *envs: Mapping[str, str]) -> list[str]:
-        """One gateway per environment (on top of the stack's, its relaxed limits removed), started side by
-        side; returns their URLs once all are ready."""
-        started = {}
-        for env in envs:
-            name, port = f"gateway-{self.count}", free_port()
-            self.count += 1
-            environment = {k: v for k, v in self.stack.env("gateway").items() if not k.startswith("RATE_LIMIT_")}
-            environment.update({"HTTP_PORT": str(port), "METRICS_PORT": str(free_port()), **env})
-            self.supervisor.start(name, self.stack.argv("gateway"), env=environment)
-            started[name] = f"http://{LOCALHOST}:{port}"
-        deadline = time.monotonic() + 60
-        for name, url in started.items():
-            while not self._ready(url):
-                if not self.supervisor.is_running(name) or time.monotonic() > deadline:
-                    raise AssertionError(f"{name} did not become ready:\n{self.supervisor.tail(name)}")
-                time.sleep(0.1)
-        return list(started.values())
-
-    @staticmethod
-    def _ready(url: str) -> bool:
-        try:
-            return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def close(self) -> None:
-        self.supervisor.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +60,12 @@ def quick(gateways: Gateways, redis_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def lock_only(gateways: Gateways, redis_url: str) -> str:
+    """A gateway with the default username lock and a relaxed per-address limit, so only the lock refuses."""
+    return gateways.start({**_shared_env(redis_url), "RATE_LIMIT_LOGIN_ADDRESS": "1000/minute"})[0]
+
+
+@pytest.fixture(scope="module")
 def untrusting(gateways: Gateways) -> str:
     """A gateway that trusts no proxy (the default), counting in memory, with a small API allowance."""
     return gateways.start({"REDIS_URL": "", "TRUSTED_PROXIES": "[]", "RATE_LIMIT_API": "3/minute"})[0]
@@ -118,6 +88,18 @@ def _login(base_url: str, username: str, password: str, *, address: str | None =
 def _address() -> str:
     """A client address no other test uses (TEST-NET-2), so per-address counts never meet."""
     return f"198.51.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
+
+
+def _password_checks(stack: Stack) -> float:
+    """Wrong passwords the auth service has checked so far (its own counter: the gateway cannot fake it)."""
+    response = httpx.get(stack.metrics_url("auth"), timeout=5)
+    assert response.status_code == 200, response.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "repolens_logins_total" and sample.labels.get("result") == "failure"
+    )
 
 
 def _assert_limited(response: httpx.Response, code: str) -> int:
@@ -177,6 +159,32 @@ def test_the_lock_lifts_by_itself_and_spares_the_users_own_address(quick: str, c
     expect(_login(quick, user.username, PASSWORD, address=home), 200)
     time.sleep(retry_after + 0.3)
     expect(_login(quick, user.username, PASSWORD, address=_address()), 200)
+
+
+def test_concurrent_wrong_passwords_reach_the_password_check_at_most_five_times(
+    lock_only: str, client: httpx.Client, stack: Stack
+) -> None:
+    user = register(client)
+    home, attacker = _address(), _address()
+    expect(_login(lock_only, user.username, PASSWORD, address=home), 200)  # the real user, before the attack
+    attempts = 50
+    start = threading.Barrier(attempts)
+
+    def guess(_: int) -> httpx.Response:
+        start.wait()
+        return _login(lock_only, user.username, "wrong-password", address=attacker)
+
+    before = _password_checks(stack)
+    with ThreadPoolExecutor(attempts) as pool:
+        answers = list(pool.map(guess, range(attempts)))
+    checked = _password_checks(stack) - before
+    assert checked <= 5, f"{checked:.0f} of {attempts} concurrent guesses reached the password check"
+    assert Counter(r.status_code for r in answers) == {401: 5, 429: attempts - 5}
+    for refused in (r for r in answers if r.status_code == 429):
+        _assert_limited(refused, "ERR_RATE_002")
+    # Locked for a new address, the right password included; the user's own address still gets in.
+    _assert_limited(_login(lock_only, user.username, PASSWORD, address=_address()), "ERR_RATE_002")
+    expect(_login(lock_only, user.username, PASSWORD, address=home), 200)
 
 
 def test_login_attempts_per_address_are_limited(pair: tuple[str, str]) -> None:

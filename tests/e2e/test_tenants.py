@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from libs.devstack.stack import Stack
 from services.tenants.domain import ROLES, allowed
+from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import (
     Organisation,
     Person,
@@ -21,9 +23,11 @@ from tests.e2e.people import (
     eventually,
     expect,
     found,
+    invitation,
     invite,
     join,
     organisation,
+    ready_for_analysis,
     register,
     unique,
 )
@@ -173,7 +177,7 @@ def test_invite_accept_switch_and_act(client: httpx.Client) -> None:
     owner, bob = register(client), register(client)
     tenant_id = found(owner)
     token = invite(owner, bob, "admin")
-    joined = expect(bob.post(f"/api/v2/invitations/{token}/accept"), 200)
+    joined = expect(bob.post("/api/v2/invitations/accept", json={"token": token}), 200)
     assert joined["id"] == tenant_id
     listed = {t["id"]: t["role"] for t in expect(bob.get("/api/v2/tenants"), 200)["items"]}
     assert listed == {bob.personal_tenant_id: "owner", tenant_id: "admin"}
@@ -191,11 +195,11 @@ def test_invitations_are_single_use_addressed_and_expiring(client: httpx.Client,
     owner, bob, eve = register(client), register(client), register(client)
     found(owner)
     token = invite(owner, bob, "member")
-    stolen = eve.post(f"/api/v2/invitations/{token}/accept")
+    stolen = eve.post("/api/v2/invitations/accept", json={"token": token})
     assert stolen.status_code == 404
     assert error_code(stolen) == "ERR_TENANT_008"
-    expect(bob.post(f"/api/v2/invitations/{token}/accept"), 200)
-    reused = bob.post(f"/api/v2/invitations/{token}/accept")
+    expect(bob.post("/api/v2/invitations/accept", json={"token": token}), 200)
+    reused = bob.post("/api/v2/invitations/accept", json={"token": token})
     assert reused.status_code == 409
     assert error_code(reused) == "ERR_TENANT_010"
     late = invite(owner, eve, "viewer")
@@ -204,12 +208,86 @@ def test_invitations_are_single_use_addressed_and_expiring(client: httpx.Client,
             "UPDATE tenants.invitations SET expires_at = now() - interval '1 second' WHERE invitee = %s",
             [eve.username.lower()],
         )
-    expired = eve.post(f"/api/v2/invitations/{late}/accept")
+    expired = eve.post("/api/v2/invitations/accept", json={"token": late})
     assert expired.status_code == 410
     assert error_code(expired) == "ERR_TENANT_009"
-    assert error_code(eve.post("/api/v2/invitations/inv_nonsense/accept")) == "ERR_TENANT_008"
+    assert error_code(eve.post("/api/v2/invitations/accept", json={"token": "inv_nonsense"})) == "ERR_TENANT_008"
     already = owner.post("/api/v2/tenants/current/invitations", json={"username": bob.username, "role": "viewer"})
     assert error_code(already) == "ERR_TENANT_007"
+
+
+def test_pending_invitations_are_listed_and_revoked_and_their_token_is_never_logged(
+    client: httpx.Client, stack: Stack
+) -> None:
+    owner, bob, carol, mallory = register(client), register(client), register(client), register(client)
+    found(owner)
+    admin = join(owner, register(client), "admin")
+    member = join(owner, register(client), "member")
+    to_bob = invitation(owner, bob, "member")
+    to_carol = invitation(admin, carol, "viewer")
+    to_owner = invitation(owner, mallory, "owner")
+    listed = expect(owner.get("/api/v2/tenants/current/invitations"), 200)
+    assert [i["id"] for i in listed["items"]] == [to_bob["id"], to_carol["id"], to_owner["id"]]
+    assert all("token" not in i for i in listed["items"])
+    assert listed["items"][1]["invited_by"] == admin.user_id
+    assert len(expect(admin.get("/api/v2/tenants/current/invitations", params={"limit": 2}), 200)["items"]) == 2
+    assert error_code(member.get("/api/v2/tenants/current/invitations")) == "ERR_TENANT_002"
+    assert error_code(member.delete(f"/api/v2/tenants/current/invitations/{to_bob['id']}")) == "ERR_TENANT_002"
+    # An admin cannot withdraw what only an owner may grant.
+    assert error_code(admin.delete(f"/api/v2/tenants/current/invitations/{to_owner['id']}")) == "ERR_TENANT_002"
+
+    assert admin.delete(f"/api/v2/tenants/current/invitations/{to_bob['id']}").status_code == 204
+    withdrawn = bob.post("/api/v2/invitations/accept", json={"token": to_bob["token"]})
+    assert withdrawn.status_code == 410
+    assert error_code(withdrawn) == "ERR_TENANT_011"
+    assert error_code(owner.delete(f"/api/v2/tenants/current/invitations/{to_bob['id']}")) == "ERR_TENANT_008"
+    listed = expect(owner.get("/api/v2/tenants/current/invitations"), 200)
+    assert [i["id"] for i in listed["items"]] == [to_carol["id"], to_owner["id"]]
+
+    expect(carol.post("/api/v2/invitations/accept", json={"token": to_carol["token"]}), 200)
+    assert error_code(owner.delete(f"/api/v2/tenants/current/invitations/{to_carol['id']}")) == "ERR_TENANT_010"
+    for name in ("gateway", "auth", "tenants", "analysis"):
+        logs = stack.logs(name)
+        for token in (to_bob["token"], to_carol["token"], to_owner["token"]):
+            assert token not in logs, f"an invitation token in the log of {name}"
+
+
+def test_an_invitation_stands_only_while_its_inviter_may_grant_it(client: httpx.Client) -> None:
+    owner = register(client)
+    found(owner)
+    admin = join(owner, register(client), "admin")
+    dave, erin = register(client), register(client)
+    to_dave = invite(admin, dave, "member")
+    to_erin = invite(owner, erin, "owner")
+    expect(owner.patch(f"/api/v2/tenants/current/members/{admin.user_id}", json={"role": "member"}), 200)
+    refused = dave.post("/api/v2/invitations/accept", json={"token": to_dave})
+    assert refused.status_code == 410
+    assert error_code(refused) == "ERR_TENANT_011"
+    # The owner who invited erin as owner is made admin by another owner: an admin cannot make owners.
+    other_owner = join(owner, register(client), "owner")
+    expect(other_owner.patch(f"/api/v2/tenants/current/members/{owner.user_id}", json={"role": "admin"}), 200)
+    assert error_code(erin.post("/api/v2/invitations/accept", json={"token": to_erin})) == "ERR_TENANT_011"
+    members = expect(other_owner.get("/api/v2/tenants/current/members"), 200)["items"]
+    assert {m["user_id"] for m in members} == {owner.user_id, admin.user_id, other_owner.user_id}
+
+
+def test_accepting_into_a_deleted_tenant_commits_nothing(client: httpx.Client, stack: Stack) -> None:
+    owner, bob = register(client), register(client)
+    tenant_id = found(owner)
+    token = invite(owner, bob, "member")
+    assert owner.delete("/api/v2/tenants/current").status_code == 202
+    refused = bob.post("/api/v2/invitations/accept", json={"token": token})
+    assert refused.status_code == 404
+    assert error_code(refused) == "ERR_TENANT_008"
+    with psycopg.connect(stack.database_url) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM tenants.memberships WHERE tenant_id = %s AND user_id = %s", (tenant_id, bob.user_id)
+        ).fetchone()
+        accepted = conn.execute(
+            "SELECT accepted_at FROM tenants.invitations WHERE tenant_id = %s", (tenant_id,)
+        ).fetchone()
+    assert rows == (0,)
+    assert accepted == (None,)
 
 
 def test_switching_to_a_foreign_tenant_is_not_found(client: httpx.Client) -> None:
@@ -252,6 +330,58 @@ def test_a_changed_role_is_in_force_on_the_next_token(client: httpx.Client) -> N
 
     eventually(promoted, what="the admin role in a refreshed token")
     assert expect(bob.get("/api/v2/auth/me"), 200)["role"] == "admin"
+
+
+def test_a_demoted_member_cannot_write_a_second_later_with_the_old_token_or_a_new_one(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    owner, bob = register(client), register(client)
+    found(owner)
+    join(owner, bob, "member")
+    ready_for_analysis(bob)
+    source = git_repository(tmp_path / "src", {"main.py": "print(1)\n"})
+    repository = expect(bob.post("/api/v2/repositories", json={"name": unique("r"), "url": str(source)}), 201)
+    old_token = bob.access_token
+    expect(owner.patch(f"/api/v2/tenants/current/members/{bob.user_id}", json={"role": "viewer"}), 200)
+    time.sleep(1.0)
+    refreshed = bob.refresh().access_token
+    assert jwt.decode(refreshed, options={"verify_signature": False})["role"] == "viewer"
+    for token in (old_token, refreshed):
+        headers = {"Authorization": f"Bearer {token}"}
+        created = client.post("/api/v2/repositories", json={"name": unique("r"), "url": str(source)}, headers=headers)
+        assert created.status_code == 403, created.text
+        assert error_code(created) == "ERR_TENANT_002"
+        queued = client.post(f"/api/v2/repositories/{repository['id']}/analyses", json={}, headers=headers)
+        assert queued.status_code == 403, queued.text
+        # Reading is still a viewer's right, and every service says the current role.
+        expect(client.get(f"/api/v2/repositories/{repository['id']}", headers=headers), 200)
+        assert expect(client.get("/api/v2/auth/me", headers=headers), 200)["role"] == "viewer"
+    assert expect(owner.get("/api/v2/analyses", params={"repository_id": repository["id"]}), 200)["items"] == []
+
+
+def test_the_analysis_service_fills_its_roles_when_it_starts_without_them(client: httpx.Client, stack: Stack) -> None:
+    """A deployment upgraded from before the projection: the roles come from the tenants service at start."""
+    owner, bob = register(client), register(client)
+    found(owner)
+    join(owner, bob, "viewer")
+    ready_for_analysis(bob)
+    stack.stop_service("analysis")
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM analysis.memberships")
+    stack.start_service("analysis")
+
+    def bob_is_known() -> bool:
+        with psycopg.connect(stack.database_url) as conn:
+            row = conn.execute(
+                "SELECT role FROM analysis.memberships WHERE user_id = %s AND tenant_id = %s",
+                (bob.user_id, bob.tenant_id),
+            ).fetchone()
+        return row is not None and row[0] == "viewer"
+
+    eventually(bob_is_known, timeout_s=20, what="the projection filled from the tenants service")
+    expect(bob.get("/api/v2/repositories"), 200)
+    created = bob.post("/api/v2/repositories", json={"name": unique("r"), "url": "https://github.com/a/b"})
+    assert error_code(created) == "ERR_TENANT_002"
 
 
 def test_deleting_a_tenant(client: httpx.Client) -> None:

@@ -22,9 +22,8 @@ import httpx
 import psycopg
 import pytest
 
-from libs.devstack.servers import EmbeddedNats, create_database, drop_database
 from libs.devstack.stack import Stack
-from tests.conftest import RELAXED_RATE_LIMITS
+from tests.conftest import own_stack
 from tests.e2e.analysis_repos import git_repository
 from tests.e2e.people import PASSWORD, expect, ready_for_analysis, register, unique
 from tests.otlp_standin import OtlpStandIn, ReceivedSpan
@@ -47,27 +46,17 @@ class Traced:
 
 @pytest.fixture(scope="module")
 def traced(postgres_server_url: str) -> Iterator[Traced]:
-    name = f"repolens_trace_{secrets.token_hex(6)}"
-    database_url = create_database(postgres_server_url, name)
-    nats = EmbeddedNats(tempfile.mkdtemp(prefix="repolens-trace-nats-"))
-    nats.start()
-    try:
-        with OtlpStandIn() as otlp, SentryStandIn() as sentry:
-            env = {
-                **RELAXED_RATE_LIMITS,
-                "LOG_JSON": "true",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-                "OTEL_TRACES_SAMPLER_ARG": "1.0",
-                "OTEL_BSP_SCHEDULE_DELAY": "200",  # the SDK's batch delay (5 s by default), in ms
-                "SENTRY_DSN": sentry.dsn,
-                "AUTH_MASTER_KEY": MASTER_KEY,
-            }
-            log_file = Path(tempfile.mkdtemp(prefix="repolens-trace-")) / "stack.log"
-            with Stack(database_url, nats.url, environment="test", extra_env=env, log_file=log_file) as stack:
-                yield Traced(stack, otlp, sentry)
-    finally:
-        nats.delete()
-        drop_database(postgres_server_url, name)
+    with OtlpStandIn() as otlp, SentryStandIn() as sentry:
+        env = {
+            "LOG_JSON": "true",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_TRACES_SAMPLER_ARG": "1.0",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",  # the SDK's batch delay (5 s by default), in ms
+            "SENTRY_DSN": sentry.dsn,
+            "AUTH_MASTER_KEY": MASTER_KEY,
+        }
+        with own_stack(postgres_server_url, Path(tempfile.mkdtemp(prefix="repolens-trace-")), env) as stack:
+            yield Traced(stack, otlp, sentry)
 
 
 def _ids() -> tuple[str, str]:
@@ -105,7 +94,7 @@ def test_an_analysis_is_one_trace_from_the_gateway_to_the_worker(traced: Traced,
         return {line["event"] for line in traced.log_lines(process) if line.get("trace_id") == trace_id}
 
     assert "http.request" in traced_events("gateway")
-    assert {"rpc.completed", "analysis.queued"} <= traced_events("analysis")
+    assert "analysis.queued" in traced_events("analysis")
     assert {"analysis.started", "analysis.ended"} <= traced_events("worker")
     gateway_line = next(line for line in traced.log_lines("gateway") if line.get("request_id") == request_id)
     assert gateway_line["trace_id"] == trace_id

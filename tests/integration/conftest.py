@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from psycopg import sql
 
 from libs.common import migrations
-from libs.common.config import AuthSettings, CommonSettings, TenantsSettings
+from libs.common.config import DEVELOPMENT_GATEWAY_TOKEN, AuthSettings, CommonSettings, TenantsSettings
+from libs.common.identity import SERVICE_TOKEN_KEY
 from libs.devstack.servers import free_port
 from services.auth.__main__ import serve_auth
 from services.tenants.__main__ import serve_tenants
+from tests.conftest import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,30 +33,31 @@ def migrate(database_url: str) -> None:
         migrations.upgrade(config)
 
 
-def _with_database(server_url: str, name: str) -> str:
-    """The same server URL pointing at another database (libpq URI form, query kept)."""
-    base, _, query = server_url.partition("?")
-    scheme_and_host, _, _ = base.rpartition("/")
-    return f"{scheme_and_host}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture
 def fresh_database(postgres_server_url: str) -> Iterator[str]:
     """A migrated database of its own, for tests whose services must not share an outbox with others."""
-    name = f"repolens_it_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _with_database(postgres_server_url, name)
-    migrate(url)
-    yield url
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(postgres_server_url, "repolens_it") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(scope="session")
 def migrated_database(database_url: str) -> str:
     migrate(database_url)
     return database_url
+
+
+class _GatewayCredential(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds the gateway's credential to every call, as the gateway does for register, login, refresh, logout."""
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        metadata = [*(client_call_details.metadata or ()), (SERVICE_TOKEN_KEY, DEVELOPMENT_GATEWAY_TOKEN)]
+        return await continuation(client_call_details._replace(metadata=metadata), request)
+
+
+def gateway_channel(target: str) -> grpc.aio.Channel:
+    """A channel that calls like the gateway: with its service credential (the development default)."""
+    return grpc.aio.insecure_channel(target, interceptors=[_GatewayCredential()])
 
 
 async def wait_serving(target: str, timeout_s: float = 30.0) -> None:
@@ -100,6 +100,7 @@ async def start_services(database_url: str, nats_url: str, **overrides: Any) -> 
         "auth_grpc_target": f"127.0.0.1:{auth_port}",
         "outbox_poll_interval_s": 0.2,
         "consumer_max_deliver": 3,
+        "refresh_reuse_grace_s": 0.5,
         "startup_timeout_s": 20,
         **overrides,
     }

@@ -19,7 +19,7 @@ from libs.common.grpc_client import error_from_rpc
 from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.auth.__main__ import main as auth_cli
-from tests.integration.conftest import Services, eventually
+from tests.integration.conftest import Services, eventually, gateway_channel
 
 PASSWORD = "correct horse battery"
 # The generated stubs are typed for synchronous channels; on aio channels calls are awaitable, hence Any.
@@ -27,7 +27,7 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 async def auth(services: Services) -> AsyncIterator[Any]:
-    async with grpc.aio.insecure_channel(services.auth_target) as channel:
+    async with gateway_channel(services.auth_target) as channel:
         yield auth_pb2_grpc.AuthServiceStub(channel)
 
 
@@ -122,6 +122,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(auth: Any) -> None:
     ).tokens
     assert second.refresh_token != first.refresh_token
     assert second.tenant_id == first.tenant_id
+    await asyncio.sleep(0.6)  # past the reuse grace of these services (0.5 s)
     # The spent token comes back: the whole session dies, the newest refresh token included.
     reuse = auth.RefreshTokens(auth_pb2.RefreshTokensRequest(refresh_token=first.refresh_token), timeout=5)
     assert await _code_of(reuse) == "ERR_AUTH_005"
@@ -129,6 +130,24 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(auth: Any) -> None:
     assert await _code_of(latest) == "ERR_AUTH_005"
     me = auth.GetMe(auth_pb2.GetMeRequest(), metadata=_bearer(second.access_token), timeout=5)
     assert await _code_of(me) == "ERR_AUTH_005"
+
+
+async def test_concurrent_refreshes_of_one_token_both_get_working_tokens(auth: Any) -> None:
+    """Two tabs or two CI jobs refreshing at the same moment: not a theft, within the grace."""
+    registered = await _register(auth)
+    first = await _login(auth, registered.user.username)
+    request = auth_pb2.RefreshTokensRequest(refresh_token=first.refresh_token)
+    replies = await asyncio.gather(*(auth.RefreshTokens(request, timeout=5) for _ in range(2)))
+    pairs = [reply.tokens for reply in replies]
+    assert len({pair.refresh_token for pair in pairs}) == 2
+    sessions = set()
+    for pair in pairs:
+        me = await auth.GetMe(auth_pb2.GetMeRequest(), metadata=_bearer(pair.access_token), timeout=5)
+        assert me.user.id == registered.user.id
+        sessions.add(me.session_id)
+        again = await auth.RefreshTokens(auth_pb2.RefreshTokensRequest(refresh_token=pair.refresh_token), timeout=5)
+        assert again.tokens.tenant_id == first.tenant_id
+    assert len(sessions) == 1, "both pairs belong to the login's one session"
 
 
 async def test_unknown_refresh_token_is_refused(auth: Any) -> None:

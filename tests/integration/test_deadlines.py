@@ -21,8 +21,12 @@ METHOD = "/test.Deadlines/Call"
 Handler = Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]
 
 
+async def _anyone(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """These test services take any caller (ours deny by default)."""
+
+
 async def _serve(handler: Handler) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(interceptors=[ServerInterceptor()])
+    server = grpc.aio.server(interceptors=[ServerInterceptor(_anyone)])
     generic = grpc.method_handlers_generic_handler(
         "test.Deadlines", {"Call": grpc.unary_unary_rpc_method_handler(handler)}
     )

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from libs.common.config import CommonSettings
 from libs.common.consumer import EventConsumer, inbox_table
 from libs.common.events import DEAD_LETTER_STREAM, EVENTS_STREAM, ensure_streams, make_envelope, unpack
-from libs.common.outbox import OutboxRelay, add_event, outbox_table
+from libs.common.outbox import OutboxRelay, add_event, outbox_table, wake_relay_on_commit
 from libs.devstack.servers import EmbeddedNats
 from repolens.events.v1 import events_pb2
 from tests.integration.conftest import eventually
@@ -91,6 +91,47 @@ async def test_rolled_back_change_publishes_nothing(
     with pytest.raises(RuntimeError):
         await failing_change()
     assert await OutboxRelay(engine=engine, table=outbox, js=js).relay_once() == 0
+
+
+async def test_the_relay_is_woken_once_a_transaction_with_events_has_committed(
+    js: JetStreamContext, scratch: tuple[AsyncEngine, sa.Table, sa.Table, sa.Table]
+) -> None:
+    engine, outbox, _, effects = scratch
+    subject = f"repolens.events.test.{uuid.uuid4().hex}"
+    wakes: list[int] = []
+    wake_relay_on_commit(engine, lambda: wakes.append(len(wakes)))
+    async with engine.begin() as conn:
+        await conn.execute(effects.insert().values(event_id="no event"))
+    assert wakes == [], "a transaction without events wakes nothing"
+
+    async def failing_change() -> None:
+        async with engine.begin() as conn:
+            await add_event(conn, outbox, subject=subject, envelope=_event("rolled back"))
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    assert wakes == [], "nor does a rolled-back one"
+    async with engine.begin() as conn:
+        await add_event(conn, outbox, subject=subject, envelope=_event("committed"))
+        assert wakes == [], "not before the commit"
+    assert wakes == [0]
+    # A relay whose poll is far away publishes at once when woken.
+    relay = OutboxRelay(engine=engine, table=outbox, js=js, poll_interval_s=60)
+    wake_relay_on_commit(engine, relay.notify)
+    running = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: _has(js, subject, 1), timeout_s=5, what="the first event")
+        async with engine.begin() as conn:
+            await add_event(conn, outbox, subject=subject, envelope=_event("second"))
+        await eventually(lambda: _has(js, subject, 2), timeout_s=2, what="the second event, well before the poll")
+    finally:
+        relay.stop()
+        await running
+
+
+async def _has(js: JetStreamContext, subject: str, count: int) -> bool:
+    return await _count_in_stream(js, subject) == count
 
 
 async def test_relay_keeps_rows_while_nats_is_unreachable(

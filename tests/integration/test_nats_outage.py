@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import grpc
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.common.config import CommonSettings
 from libs.devstack.servers import EmbeddedNats
 from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
-from tests.integration.conftest import eventually, start_services
+from tests.integration.conftest import eventually, gateway_channel, start_services
 
 
 async def test_no_event_lost_and_none_applied_twice(fresh_database: str, own_nats: EmbeddedNats) -> None:
     services = await start_services(fresh_database, own_nats.url)
     engine = create_async_engine(CommonSettings(database_url=fresh_database).sqlalchemy_url)
     try:
-        async with grpc.aio.insecure_channel(services.auth_target) as channel:
+        async with gateway_channel(services.auth_target) as channel:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
             own_nats.stop()
             user_ids = []

@@ -25,15 +25,16 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
 
 from libs.common import migrations
 from libs.common.config import CommonSettings
 from libs.common.consumer import EventConsumer
-from libs.common.db import create_engine
-from libs.common.events import ensure_streams, make_envelope
+from libs.common.db import FastReads, create_engine
+from libs.common.events import ensure_streams, first_id_at, make_envelope
 from libs.common.metrics import Sampler
 from libs.common.outbox import OutboxRelay
-from libs.devstack.servers import EmbeddedNats, create_database, drop_database
+from libs.devstack.servers import EmbeddedNats
 from repolens.events.v1 import events_pb2
 from services.analysis import repository as analysis_repo
 from services.analysis.domain import Repository, tenant_schema
@@ -42,6 +43,7 @@ from services.auth import repository as auth_repo
 from services.auth.domain import Membership, Session, User
 from services.tenants import repository as tenants_repo
 from services.tenants.domain import Invitation, Secret, Settings
+from tests.conftest import scratch_database
 from tests.integration.conftest import migrate
 
 # A table with more rows than this is large: scanning it whole for one request is the failure we look for.
@@ -56,6 +58,9 @@ EVENTS = 12_000
 WHOLE_TABLE = {
     "tenants.all_data_keys": "`keys rewrap` re-seals every tenant's data key, in one transaction",
     "analysis.revision_counts": "start-up counts every tenant schema by revision, once",
+    "analysis.has_memberships": "start-up asks whether the projection holds a row: EXISTS stops at the first",
+    "analysis.has_tenant_schemas": "start-up asks whether any tenant schema exists: EXISTS stops at the first",
+    "tenants.all_memberships": "another service's projection is filled from every membership, once",
 }
 
 Call = Callable[[AsyncConnection], Awaitable[object]]
@@ -125,6 +130,15 @@ class Plans:
             await self._explain(conn, label, statements)
             await conn.rollback()
 
+    async def check_fast(
+        self, label: str, statement: Executable, params: dict[str, Any], *, schema: str | None = None
+    ) -> None:
+        """A statement of FastReads, as FastReads compiles it (for `schema`), explained with `params`."""
+        self.called.add(label.split("[")[0])
+        text = FastReads(CommonSettings(), application_name="query-plans").sql(statement, schema=schema)
+        async with self.engine.connect() as conn:
+            await self._explain(conn, label, [(text, params)])
+
     async def _explain(self, conn: AsyncConnection, label: str, statements: list[tuple[str, Any]]) -> None:
         for statement, parameters in statements:
             if statement.lstrip().split(None, 1)[0].upper() not in {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"}:
@@ -147,12 +161,19 @@ def _seq_scans(node: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def repository_functions(module: ModuleType, prefix: str) -> set[str]:
-    """The module's own public coroutine functions: every one must be checked here."""
-    return {
+    """The module's own public coroutine functions, and its statements for FastReads (upper-case names): every one
+    must be checked here."""
+    functions = {
         f"{prefix}.{name}"
         for name, function in inspect.getmembers(module, inspect.iscoroutinefunction)
         if function.__module__ == module.__name__ and not name.startswith("_")
     }
+    statements = {
+        f"{prefix}.{name}"
+        for name, value in vars(module).items()
+        if name.isupper() and not name.startswith("_") and isinstance(value, sa.Select)
+    }
+    return functions | statements
 
 
 # ------------------------------------------------------------------------------------------------ seeding
@@ -187,12 +208,13 @@ def _seed_auth(conn: psycopg.Connection[Any]) -> None:
     )
     conn.execute(
         """
-        INSERT INTO auth.sessions (id, user_id, tenant_id, expires_at, revoked_at)
+        INSERT INTO auth.sessions (id, user_id, tenant_id, expires_at, revoked_at, family_id)
         SELECT gen_random_uuid(), u.id, u.personal_tenant_id, now() + interval '30 days',
-               CASE WHEN n = 1 THEN now() END
+               CASE WHEN n = 1 THEN now() END, gen_random_uuid()
         FROM auth.users AS u, generate_series(1, 2) AS n
         """
     )
+    conn.execute("UPDATE auth.sessions SET family_id = id")
     conn.execute(
         """
         INSERT INTO auth.refresh_tokens (id, session_id, token_hash, expires_at)
@@ -262,6 +284,10 @@ def _seed_analysis(conn: psycopg.Connection[Any], schema: str, tenant_id: uuid.U
         "INSERT INTO analysis.tenant_schemas (tenant_id, schema_name, revision) VALUES (%s, %s, %s)",
         [tenant_id, schema, tenant_head()],
     )
+    conn.execute(
+        "INSERT INTO analysis.memberships (tenant_id, user_id, role, version) "
+        "SELECT tenant_id, gen_random_uuid(), 'member', 1 FROM analysis.tenant_schemas"
+    )
     _seed_events(conn, "analysis")
     conn.execute(
         f"""
@@ -287,9 +313,7 @@ def _seed_analysis(conn: psycopg.Connection[Any], schema: str, tenant_id: uuid.U
 @pytest.fixture(scope="module")
 def seeded(postgres_server_url: str) -> Iterator[Seeded]:
     """A database of its own, every schema migrated, filled to production-like proportions and analysed."""
-    name = f"repolens_plans_{uuid.uuid4().hex[:10]}"
-    url = create_database(postgres_server_url, name)
-    try:
+    with scratch_database(postgres_server_url, "repolens_plans") as url:
         migrate(url)
         sqlalchemy_url = CommonSettings(database_url=url).sqlalchemy_url
         migrations.upgrade(
@@ -350,8 +374,6 @@ def seeded(postgres_server_url: str) -> Iterator[Seeded]:
             repository_name=analysis[2],
             analysis_id=analysis[0],
         )
-    finally:
-        drop_database(postgres_server_url, name)
 
 
 @pytest.fixture
@@ -397,7 +419,9 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         created_at=dt.datetime.now(dt.UTC),
     )
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    session = Session(id=uuid.uuid4(), user_id=user_id, tenant_id=tenant_id, expires_at=later, revoked_at=None)
+    session = Session(
+        id=uuid.uuid4(), user_id=user_id, tenant_id=tenant_id, expires_at=later, revoked_at=None, family_id=uuid.uuid4()
+    )
     membership = Membership(user_id=user_id, tenant_id=tenant_id, role="admin", personal=False, version=5)
     r = auth_repo
     checks: dict[str, Call] = {
@@ -407,7 +431,6 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         "auth.add_user": lambda c: r.add_user(c, new_user),
         "auth.user_by_username": lambda c: r.user_by_username(c, seeded.user["username"].upper()),
         "auth.user_by_id": lambda c: r.user_by_id(c, user_id),
-        "auth.user_with_session": lambda c: r.user_with_session(c, user_id=user_id, session_id=seeded.session_id),
         "auth.set_password_hash": lambda c: r.set_password_hash(c, user_id=user_id, password_hash="h2"),
         "auth.set_last_tenant": lambda c: r.set_last_tenant(c, user_id=user_id, tenant_id=tenant_id),
         "auth.set_active": lambda c: r.set_active(c, user_id=user_id, active=False, at=later),
@@ -416,6 +439,7 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         "auth.add_session": lambda c: r.add_session(c, session),
         "auth.revoke_session": lambda c: r.revoke_session(c, session_id=seeded.session_id, reason="logout"),
         "auth.revoke_user_sessions": lambda c: r.revoke_user_sessions(c, user_id=user_id, reason="deactivated"),
+        "auth.revoke_family": lambda c: r.revoke_family(c, family_id=seeded.session_id, reason="logout"),
         "auth.revoke_tenant_sessions": lambda c: r.revoke_tenant_sessions(c, tenant_id=tenant_id, reason="deleted"),
         "auth.revoke_tenant_sessions[one user]": lambda c: r.revoke_tenant_sessions(
             c, tenant_id=tenant_id, user_id=user_id, reason="removed"
@@ -425,7 +449,7 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         "auth.add_refresh_token": lambda c: r.add_refresh_token(
             c, session_id=seeded.session_id, token_hash=b"new-hash", expires_at=later, token_id=uuid.uuid4()
         ),
-        "auth.refresh_token_by_hash": lambda c: r.refresh_token_by_hash(c, seeded.token_hash),
+        "auth.refresh_token_by_hash": lambda c: r.refresh_token_by_hash(c, seeded.token_hash, for_update=True),
         "auth.spend_refresh_token": lambda c: r.spend_refresh_token(c, seeded.token_id),
         "auth.signing_keys_in_use": lambda c: r.signing_keys_in_use(c, retired_after=later),
         "auth.all_signing_keys": r.all_signing_keys,
@@ -436,6 +460,8 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
     }
     for label, call in checks.items():
         await plans.check(label, call)
+    session_ids = {"user_id": user_id, "session_id": seeded.session_id}
+    await plans.check_fast("auth.USER_WITH_SESSION", r.USER_WITH_SESSION, session_ids)
     await check_event_tables(plans, auth_repo.outbox, auth_repo.inbox, tmp_path)
     assert_clean(plans, auth_repo, "auth")
 
@@ -481,6 +507,9 @@ async def test_tenants_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pat
         "tenants.members[after]": lambda c: r.members(c, tenant_id=tenant_id, after=member_id, limit=51),
         "tenants.member": lambda c: r.member(c, tenant_id=tenant_id, user_id=member_id),
         "tenants.member_ids": lambda c: r.member_ids(c, tenant_id),
+        "tenants.all_memberships": lambda c: r.all_memberships(c, after=(tenant_id, member_id), limit=1001),
+        "tenants.lock_owned_tenants": lambda c: r.lock_owned_tenants(c, member_id),
+        "tenants.owned_organisations": lambda c: r.owned_organisations(c, member_id),
         "tenants.owner_count": lambda c: r.owner_count(c, tenant_id),
         "tenants.set_role": lambda c: r.set_role(c, tenant_id=tenant_id, user_id=member_id, role="admin", version=3),
         "tenants.remove_membership": lambda c: r.remove_membership(c, tenant_id=tenant_id, user_id=member_id),
@@ -493,6 +522,15 @@ async def test_tenants_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pat
         "tenants.add_invitation": lambda c: r.add_invitation(c, invitation, token_hash=b"new"),
         "tenants.invitation_by_hash": lambda c: r.invitation_by_hash(c, seeded.invitation_hash),
         "tenants.mark_accepted": lambda c: r.mark_accepted(c, invitation_id=uuid.uuid4(), user_id=member_id),
+        "tenants.lock_active_tenant": lambda c: r.lock_active_tenant(c, tenant_id),
+        "tenants.pending_invitations": lambda c: r.pending_invitations(c, tenant_id=tenant_id, after=None, limit=51),
+        "tenants.pending_invitations[after]": lambda c: r.pending_invitations(
+            c, tenant_id=tenant_id, after=uuid.uuid4(), limit=51
+        ),
+        "tenants.invitation_of_tenant": lambda c: r.invitation_of_tenant(
+            c, tenant_id=tenant_id, invitation_id=uuid.uuid4()
+        ),
+        "tenants.revoke_invitation": lambda c: r.revoke_invitation(c, invitation_id=uuid.uuid4(), user_id=member_id),
         "tenants.wrapped_data_key": lambda c: r.wrapped_data_key(c, tenant_id),
         "tenants.add_data_key": new_tenant_with_key,
         "tenants.all_data_keys": r.all_data_keys,
@@ -527,6 +565,13 @@ async def test_analysis_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pa
         ),
         "analysis.drop_tenant_schema": lambda c: r.drop_tenant_schema(c, tenant_id=uuid.uuid4(), schema=other),
         "analysis.revision_counts": r.revision_counts,
+        "analysis.schema_and_role": lambda c: r.schema_and_role(c, tenant_id=seeded.tenant_id, user_id=uuid.uuid4()),
+        "analysis.upsert_membership": lambda c: r.upsert_membership(
+            c, tenant_id=seeded.tenant_id, user_id=uuid.uuid4(), role="viewer", removed=False, version=3
+        ),
+        "analysis.forget_memberships": lambda c: r.forget_memberships(c, seeded.tenant_id),
+        "analysis.has_memberships": r.has_memberships,
+        "analysis.has_tenant_schemas": r.has_tenant_schemas,
     }
     for label, call in service.items():
         await plans.check(label, call)
@@ -574,11 +619,19 @@ async def test_analysis_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pa
         "analysis.request_cancel": lambda c: r.request_cancel(c, analysis_id),
         "analysis.report_of": lambda c: r.report_of(c, analysis_id),
         "analysis.previous_report": lambda c: r.previous_report(c, repository_id, before=analysis_id),
-        "analysis.lock_repository": lambda c: r.lock_repository(c, repository_id),
-        "analysis.unlock_repository": lambda c: r.unlock_repository(c, repository_id),
+        "analysis.lock_quota": lambda c: r.lock_quota(c, seeded.tenant_id, "repositories"),
+        "analysis.repository_count": lambda c: r.repository_count(c, at_most=1000),
+        "analysis.analysis_usage": lambda c: r.analysis_usage(
+            c, since=first_id_at(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)), recent_at_most=600
+        ),
+        "analysis.take_lease": lambda c: r.take_lease(c, key=f"repository:{repository_id}", holder="w", lease_s=30),
+        "analysis.renew_leases": lambda c: r.renew_leases(c, holder="w", lease_s=30),
+        "analysis.release_leases": lambda c: r.release_leases(c, holder="w"),
     }
     for label, call in tenant.items():
         await plans.check(label, call, schema=schema)
+    member = {"tenant_id": seeded.tenant_id, "user_id": uuid.uuid4(), "analysis_id": analysis_id}
+    await plans.check_fast("analysis.ANALYSIS_AS_MEMBER", r.ANALYSIS_AS_MEMBER, member, schema=schema)
     await check_event_tables(plans, analysis_repo.outbox, analysis_repo.inbox, tmp_path)
     assert_clean(plans, analysis_repo, "analysis")
 

@@ -41,6 +41,7 @@ def test_production_accepts_a_real_key_from_a_file(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("NATS_URL", "nats://nats:4222")
     monkeypatch.delenv("AUTH_MASTER_KEY", raising=False)
     monkeypatch.setenv("AUTH_MASTER_KEY_FILE", str(key_file))
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKENS", '{"gateway": "' + "g" * 40 + '"}')
     settings = AuthSettings()
     assert settings.master_key == bytes(range(32))
     assert settings.json_logs is True

@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI, Request
 
 from gateway.app import create_app
-from gateway.edge import API_CSP, host_allowed
+from gateway.edge import SWAGGER_UI
+from gateway.middleware import API_CSP, host_allowed
 from gateway.ratelimit import client_address
 from libs.common.config import GatewaySettings
 
@@ -119,6 +121,33 @@ async def test_docs_get_a_relaxed_policy_pinned_to_their_own_inline_script(call:
     assert (await call("GET", "/openapi.json")).headers["content-security-policy"] == API_CSP
 
 
+async def test_docs_load_nothing_from_another_host(call: Callable[..., Any]) -> None:
+    page = (await call("GET", "/docs")).text
+    linked = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", page)
+    urls = [url for pair in linked for url in pair if url]
+    assert len(urls) >= 3  # the script, the style sheet, the icon (and the schema)
+    assert all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+    assert "http" not in (await call("GET", "/docs")).headers["content-security-policy"]
+    for url in urls:
+        if "/assets/" in url:
+            asset = await call("GET", url)
+            assert asset.status_code == 200
+            assert asset.content == (SWAGGER_UI / url.rsplit("/", 1)[1]).read_bytes()
+            assert "immutable" in asset.headers["cache-control"]
+    assert "swagger-ui-bundle.js" in page
+
+
+async def test_only_the_listed_docs_files_are_served(call: Callable[..., Any]) -> None:
+    page = (await call("GET", "/docs")).text
+    (script,) = re.findall(r"""src=["']([^"']*swagger-ui-bundle\.js)""", page)
+    folder = script.rsplit("/", 1)[0]
+    for name in ("index.html", "..%2F__init__.py", "swagger-ui.js.map"):
+        answer = await call("GET", f"{folder}/{name}")
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"].startswith("ERR_")
+    assert (await call("GET", folder.rsplit("/", 1)[0] + "/0.0.0/swagger-ui.css")).status_code == 404
+
+
 async def test_hsts_only_in_production(call: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
         "ENVIRONMENT": "production",
@@ -126,6 +155,7 @@ async def test_hsts_only_in_production(call: Callable[..., Any], monkeypatch: py
         "NATS_URL": "nats://nats:4222",
         "REDIS_URL": "redis://redis:6379/0",
         "ALLOWED_HOSTS": '["testserver"]',
+        "SERVICE_TOKEN": "g" * 40,
     }.items():
         monkeypatch.setenv(name, value)
     response = await call("GET", "/api/v2/nothing")
@@ -219,3 +249,22 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(call: Callable[...
         headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
     )
     assert chained.json()["address"] == "203.0.113.9"
+
+
+async def test_the_access_log_keeps_every_error_and_slow_answer_and_samples_the_rest(
+    call: Callable[..., Any],
+) -> None:
+    def logged(path: str) -> list[int]:
+        return [line["status"] for line in lines if line["event"] == "http.request" and line["path"] == path]
+
+    quiet = {"access_log_sample_rate": 0.0}
+    with structlog.testing.capture_logs() as lines:
+        assert (await call("GET", "/health/live", settings=quiet)).status_code == 200
+        assert (await call("GET", "/api/v2/nothing", settings=quiet)).status_code == 404
+        assert (await call("GET", "/test/crash", settings=quiet)).status_code == 500
+        assert (await call("GET", "/health/live", settings={**quiet, "access_log_slow_ms": 0})).status_code == 200
+        assert (await call("GET", "/test/client", settings={"access_log_sample_rate": 1.0})).status_code == 200
+    assert logged("/health/live") == [200]  # the slow one only
+    assert logged("/api/v2/nothing") == [404]
+    assert logged("/test/crash") == [500]
+    assert logged("/test/client") == [200]

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.analysis.engine import pipeline
+from repolens.tenants.v1 import tenants_pb2
+from services.analysis.engine import pipeline, scan
 from services.analysis.engine.cache import CACHE_FILE, ParseCache
 
-GATE = {"max_function_complexity": 2, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1000}
+GATE = tenants_pb2.QualityGate(max_function_complexity=2, max_high_findings=0, max_secrets=0, max_file_lines=1000)
 
 
 def _tree(root: Path) -> None:
@@ -119,7 +120,7 @@ def test_the_key_depends_on_the_grammar_and_the_bytes(tmp_path: Path) -> None:
 
 
 def test_the_pool_processes_share_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "CHUNK_FILES", 2)
+    monkeypatch.setattr(scan, "CHUNK_FILES", 2)
     root, cache = tmp_path / "repo", tmp_path / "cache"
     _tree(root)
     cache.mkdir()

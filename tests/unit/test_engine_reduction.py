@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from services.analysis.engine import pipeline
+from repolens.tenants.v1 import tenants_pb2
+from services.analysis.engine import pipeline, scan
 from services.analysis.engine.churn import Churn, FileChurn
 from services.analysis.engine.complexity import complexity
 from services.analysis.engine.findings import complexity_findings, sort_findings
 from services.analysis.engine.hotspots import hotspots
 
-GATE = {"max_function_complexity": 6, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1000}
+GATE = tenants_pb2.QualityGate(max_function_complexity=6, max_high_findings=0, max_secrets=0, max_file_lines=1000)
 
 
 def _function(name: str, decisions: int) -> str:
@@ -38,8 +39,8 @@ def _tree(root: Path) -> list[str]:
 def test_the_report_from_the_kept_functions_is_the_report_from_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "CHUNK_FILES", 3)
-    monkeypatch.setattr(pipeline, "TOP_FUNCTIONS", 7)
+    monkeypatch.setattr(scan, "CHUNK_FILES", 3)
+    monkeypatch.setattr(scan, "TOP_FUNCTIONS", 7)
     paths = _tree(tmp_path)
     churn = Churn(
         window_days=365,
@@ -69,11 +70,11 @@ def test_the_report_from_the_kept_functions_is_the_report_from_all(
 
 def test_a_part_keeps_fewer_functions_than_it_measured(tmp_path: Path) -> None:
     paths = _tree(tmp_path)
-    items, _ = pipeline.plan(tmp_path, lambda: False, {})
-    part = pipeline.scan_files(str(tmp_path), items, complexity_limit=100)
+    items, _ = scan.plan(tmp_path, lambda: False, {})
+    part = scan.scan_files(str(tmp_path), items, complexity_limit=100)
     measured = complexity(tmp_path, [(path, "Python") for path in paths]).functions
     assert part.functions == len(measured)
     assert part.cyclomatic == sum(f.cyclomatic for f in measured)
     # Only the top of the report and three per file are left, not the hundreds measured.
-    assert len(part.measured.functions) <= pipeline.TOP_FUNCTIONS + 3 * len(paths) < len(measured)
+    assert len(part.measured.functions) <= scan.TOP_FUNCTIONS + 3 * len(paths) < len(measured)
     assert sum(part.file_complexity.values()) == part.cyclomatic

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from repolens.tenants.v1 import tenants_pb2
 from services.analysis.engine.findings import (
     Finding,
     changes_since,
@@ -15,7 +16,7 @@ from services.analysis.engine.findings import (
     sort_findings,
 )
 
-GATE = {"max_function_complexity": 15, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1000}
+GATE = tenants_pb2.QualityGate(max_function_complexity=15, max_high_findings=0, max_secrets=0, max_file_lines=1000)
 
 
 @dataclass(frozen=True)

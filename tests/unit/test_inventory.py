@@ -21,7 +21,7 @@ from services.analysis.engine.inventory import (
     read,
 )
 from services.analysis.engine.languages import BY_EXTENSION, by_path_name, by_shebang
-from services.analysis.engine.pipeline import scan_files
+from services.analysis.engine.scan import scan_files
 
 # (file name, content, language, code, comment, blank): every count planted and checked line by line in the
 # comments beside each sample.

@@ -24,6 +24,7 @@ SAFE_GATEWAY = {
     "NATS_URL": "nats://nats:4222",
     "REDIS_URL": "redis://redis:6379/0",
     "ALLOWED_HOSTS": '["api.example.com"]',
+    "SERVICE_TOKEN": "g" * 40,
 }
 
 
@@ -88,6 +89,19 @@ def _production_auth(monkeypatch: pytest.MonkeyPatch, key: bytes) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
     monkeypatch.setenv("NATS_URL", "nats://nats:4222")
     monkeypatch.setenv("AUTH_MASTER_KEY", base64.b64encode(key).decode())
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKENS", '{"gateway": "' + "g" * 40 + '"}')
+
+
+def test_production_auth_and_gateway_refuse_the_development_gateway_credential(
+    monkeypatch: pytest.MonkeyPatch, production: pytest.MonkeyPatch
+) -> None:
+    _production_auth(monkeypatch, os.urandom(32))
+    monkeypatch.delenv("INTERNAL_SERVICE_TOKENS")
+    with pytest.raises(ValidationError, match=r"INTERNAL_SERVICE_TOKENS\[gateway\] is the development default"):
+        AuthSettings()
+    monkeypatch.delenv("SERVICE_TOKEN")
+    with pytest.raises(ValidationError, match="SERVICE_TOKEN is missing or the development default"):
+        GatewaySettings()
 
 
 def test_a_master_key_that_is_not_random_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

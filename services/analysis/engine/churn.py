@@ -30,10 +30,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.analysis.engine.fetch import GitCommand, offline_command
 from services.analysis.engine.inventory import Cancelled
+
+if TYPE_CHECKING:
+    from services.analysis.engine.context import Context
 
 MAX_LOG_BYTES = 32 * 1024 * 1024
 POLL_INTERVAL_S = 0.2
@@ -269,4 +272,16 @@ async def churn(
         commits=counted.commits,
         complete=complete,
         files=files,
+    )
+
+
+async def step(ctx: Context) -> None:
+    """Which files changed how often over the window, from the clone's history (read offline)."""
+    settings = ctx.settings
+    ctx.history = await churn(
+        ctx.checkout,
+        window_days=settings.churn_window_days,
+        max_commits=settings.churn_max_commits,
+        timeout_s=settings.fetch_timeout_s,
+        should_stop=ctx.should_stop,
     )

@@ -65,7 +65,7 @@ from typing import Any, NamedTuple
 
 from tree_sitter import Language, Node, Parser, Query, QueryCursor
 
-from services.analysis.engine.inventory import Cancelled, count_lines_around
+from services.analysis.engine.inventory import count_lines_around
 
 __all__ = [
     "SUPPORTED_LANGUAGES",
@@ -569,27 +569,34 @@ def complexity(
     should_stop: Callable[[], bool] = lambda: False,
     max_file_bytes: int = 1_000_000,
 ) -> ComplexityResult:
-    """Measure `files`, (path relative to `root` in posix form, inventory language name) pairs. Files in languages
-    without a grammar here, over `max_file_bytes`, or unreadable are counted in `skipped` by reason
-    ("unsupported", "too_large", "unreadable"). Raises `Cancelled` when `should_stop()` is True (asked before each
-    file)."""
-    result = ComplexityResult()
+    """Measure `files`, (path relative to `root` in posix form, inventory language name) pairs, the way the scan step
+    does (engine/scan.py: its per-file path), every function kept. Files in languages without a grammar here, over
+    `max_file_bytes`, or unreadable are counted in `skipped` by reason ("unsupported", "too_large", "unreadable");
+    files the inventory would not count (empty, binary, generated) are not measured. Raises `Cancelled` when
+    `should_stop()` is True (asked before each file)."""
+    from services.analysis.engine import scan  # the scan step imports this module
+    from services.analysis.engine.languages import BY_NAME
+    from services.analysis.engine.scan import Item
+
+    skipped: dict[str, int] = {}
+    items: list[Item] = []
     root_str = os.fspath(root)
     for rel, language in files:
-        if should_stop():
-            raise Cancelled
-        full = os.path.join(root_str, rel)
-        data: bytes | str = "unsupported"
-        if grammar_for(rel, language) is not None:
+        reason = None
+        if grammar_for(rel, language) is None:
+            reason = "unsupported"
+        else:
             try:
-                if os.stat(full).st_size > max_file_bytes:
-                    data = "too_large"
-                else:
-                    with open(full, "rb") as fh:
-                        data = fh.read(max_file_bytes + 1)
+                items.append((rel, BY_NAME[language], os.stat(os.path.join(root_str, rel)).st_size, True, False))
             except OSError:
-                data = "unreadable"
-        measure_into(result, rel, data, language, max_file_bytes)
+                reason = "unreadable"
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+    # No complexity limit: every function is kept, as measured.
+    part = scan.scan_files(root_str, items, -1, should_stop, step_max_file_bytes=max_file_bytes)
+    result = part.measured
+    for reason, count in skipped.items():
+        result.skipped[reason] = result.skipped.get(reason, 0) + count
     return result
 
 

@@ -61,8 +61,11 @@ import xml.etree.ElementTree as ET  # nosec B405 # only parsed after DTDs and en
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from services.analysis.engine.context import Context
 
 __all__ = [
     "ECOSYSTEMS",
@@ -757,3 +760,10 @@ _PARSERS: dict[str, Callable[[str, bytes], list[Dependency]]] = {
     "gemfile": _gemfile,
     "composer": _composer,
 }
+
+
+def step(ctx: Context) -> None:
+    """The declared dependencies of the checkout's manifests, and the same as a CycloneDX SBOM."""
+    declared = declared_dependencies(ctx.checkout, ctx.paths)
+    ctx.sections["dependencies"] = declared.to_dict()
+    ctx.sections["sbom"] = declared.to_cyclonedx()

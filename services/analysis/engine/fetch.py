@@ -53,9 +53,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
+
+from libs.common import errors
+from libs.common.errors import ErrorSpec
+from services.analysis.engine.context import StepError
 from services.analysis.urls import RepositoryLocation, check_ref
+
+if TYPE_CHECKING:
+    from services.analysis.engine.context import Context
+
+log = structlog.get_logger(__name__)
 
 POLL_INTERVAL_S = 0.2
 MAX_CAPTURED_OUTPUT = 64 * 1024
@@ -543,3 +553,33 @@ async def _fetch_into(
         )
         resolved = symbolic.stdout.strip() if symbolic.returncode == 0 else f"refs/tags/{_short_ref(ref)}"
     return commit, resolved
+
+
+_STEP_ERRORS: dict[str, ErrorSpec] = {
+    "timeout": errors.FETCH_TIMEOUT,
+    "too_large": errors.FETCH_TOO_LARGE,
+    "not_found": errors.FETCH_NOT_FOUND,
+    "auth": errors.FETCH_AUTH,
+}
+
+
+async def step(ctx: Context) -> None:
+    """The clone of the job's ref into the checkout, with as much history as the churn step reads."""
+    job, settings = ctx.job, ctx.settings
+    assert job.location is not None, "a job with a tree on disk has no fetch step"
+    try:
+        fetched = await fetch(
+            job.location,
+            ref=job.ref,
+            dest=ctx.checkout,
+            github_token=job.config.github_token or None,
+            timeout_s=settings.fetch_timeout_s,
+            max_bytes=settings.max_repository_bytes,
+            should_stop=ctx.should_stop,
+            depth=settings.churn_max_commits,
+        )
+    except FetchError as exc:
+        # The analysis keeps only the code; what git said (secrets scrubbed) is for the operator.
+        log.warning("fetch.failed", reason=exc.reason, error=str(exc))
+        raise StepError(_STEP_ERRORS.get(exc.reason, errors.FETCH_FAILED)) from None
+    ctx.commit_sha = fetched.commit_sha

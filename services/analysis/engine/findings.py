@@ -5,8 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from repolens.tenants.v1 import tenants_pb2
+from services.analysis.engine.review import rule_based_review
+
+if TYPE_CHECKING:
+    from services.analysis.engine.context import Context
+
+# Every finding's severity, worst first: the one list of them (secrets rules take theirs from it).
 SEVERITIES = ("critical", "high", "medium", "low")
 
 
@@ -146,16 +153,16 @@ def quality_gate(
     *,
     max_function_complexity_found: int,
     max_file_lines_found: int,
-    gate: dict[str, int],
+    gate: tenants_pb2.QualityGate,
 ) -> GateVerdict:
     """`passed` only when every condition holds; the verdict names the ones that failed."""
     conditions = (
-        Condition("max_function_complexity", gate["max_function_complexity"], max_function_complexity_found),
+        Condition("max_function_complexity", gate.max_function_complexity, max_function_complexity_found),
         Condition(
-            "max_high_findings", gate["max_high_findings"], sum(f.severity in ("critical", "high") for f in findings)
+            "max_high_findings", gate.max_high_findings, sum(f.severity in ("critical", "high") for f in findings)
         ),
-        Condition("max_secrets", gate["max_secrets"], sum(f.rule_id.startswith("secret.") for f in findings)),
-        Condition("max_file_lines", gate["max_file_lines"], max_file_lines_found),
+        Condition("max_secrets", gate.max_secrets, sum(f.rule_id.startswith("secret.") for f in findings)),
+        Condition("max_file_lines", gate.max_file_lines, max_file_lines_found),
     )
     return GateVerdict("passed" if all(c.passed for c in conditions) else "failed", conditions)
 
@@ -176,3 +183,28 @@ def changes_since(current: Sequence[dict[str, Any]], previous: dict[str, Any] | 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     order = {severity: index for index, severity in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: (order.get(f.severity, len(order)), f.path, f.line, f.rule_id))
+
+
+def step(ctx: Context) -> None:
+    """Findings from the scan (complex functions, large files, secrets), the quality gate's verdict on them, and the
+    rule-based review (the one an LLM review, when there is one, falls back to)."""
+    scanned = ctx.scanned
+    assert scanned is not None, "findings come after the scan"
+    gate = ctx.gate
+    functions = scanned.measured.functions
+    secrets = sorted(scanned.secrets, key=lambda f: (f.path, f.line, f.column, f.rule_id))
+    found: list[Finding] = size_findings(scanned.counted, max_file_lines=gate.max_file_lines)
+    found += complexity_findings(functions, max_complexity=gate.max_function_complexity)
+    found += secret_findings(secrets)
+    largest = max((f.code + f.comment + f.blank for f in scanned.counted), default=0)
+    worst = max((f.cyclomatic for f in functions), default=0)
+    verdict = quality_gate(found, max_function_complexity_found=worst, max_file_lines_found=largest, gate=gate)
+    ctx.sections["findings"] = [asdict(f) for f in sort_findings(found)]
+    ctx.sections["quality_gate"] = verdict.to_dict()
+    ctx.sections["review"] = rule_based_review(ctx.sections)
+
+
+async def changes_step(ctx: Context) -> None:
+    """What is new and what was fixed since the repository's analysis before this one, by fingerprint."""
+    previous = await ctx.job.previous_report() if ctx.job.previous_report is not None else None
+    ctx.sections["changes"] = changes_since(ctx.sections.get("findings", []), previous)

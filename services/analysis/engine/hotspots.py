@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.analysis.engine.churn import Churn, iso_time
+from services.analysis.engine.churn import Churn, iso_time, no_history
 from services.analysis.engine.complexity import FunctionMetrics
+
+if TYPE_CHECKING:
+    from services.analysis.engine.context import Context
 
 TOP_HOTSPOTS = 10
 FUNCTIONS_PER_HOTSPOT = 3
@@ -78,3 +81,12 @@ def hotspots(
             }
         )
     return report
+
+
+def step(ctx: Context) -> None:
+    """The churn section (what history was read) and the hotspots: the history against the scan's functions."""
+    history = ctx.history or no_history()
+    scanned = ctx.scanned
+    assert scanned is not None, "hotspots come after the scan"
+    ctx.sections["churn"] = history.summary()
+    ctx.sections["hotspots"] = hotspots(history, scanned.measured.functions, totals=scanned.file_complexity)

@@ -183,6 +183,7 @@ _BINARY_PROBE = 8192
 _MINIFY_CHECKED = frozenset({"JavaScript", "CSS"})
 _MINIFIED_MIN_BYTES = 2048
 _MINIFIED_MEAN_LINE = 300
+_PROGRESS_FILES = 50  # `inventory` reports progress between runs of this many files
 _PROGRESS_INTERVAL_S = 0.2
 _READ_BLOCK = 1 << 20
 _STOP_CHECK_EVERY = 256  # directory entries between two `should_stop()` calls while walking
@@ -251,32 +252,33 @@ def inventory(
     on_progress: Callable[[int, int], None] | None = None,
     max_file_bytes: int = 2_000_000,
 ) -> Inventory:
-    """Inventory the files under `root`. Raises `Cancelled` soon after `should_stop()` turns True (it is asked
-    between files, and every few hundred directory entries while walking), `NotADirectoryError` if `root` is not a
-    directory. `on_progress(done, total)` is called at the start, at most every 0.2 s, and at the end."""
+    """Inventory the files under `root`, the way the scan step does (engine/scan.py: its walk and its per-file path,
+    syntax trees counting the lines of the languages they parse), for the counted files alone. Raises `Cancelled`
+    soon after `should_stop()` turns True, `NotADirectoryError` if `root` is not a directory. `on_progress(done,
+    total)` is called at the start, at most every 0.2 s, and at the end."""
+    from services.analysis.engine import scan  # the scan step imports this module
+
     root_str = os.fspath(root)
     if not os.path.isdir(root_str):
         raise NotADirectoryError(root_str)
     skipped: dict[str, int] = {}
-    candidates = walk(root_str, should_stop=should_stop, skipped=skipped, max_file_bytes=max_file_bytes)
-    total = len(candidates)
+    planned, _ = scan.plan(root, should_stop, skipped, max_file_bytes=max_file_bytes)
+    items = sorted((rel, lang, size, True, False) for rel, lang, size, counted, _ in planned if counted)
+    total = len(items)
     if on_progress is not None:
         on_progress(0, total)
     last_progress = time.monotonic()
     files: list[FileStats] = []
-    for done, (rel, path, lang, size) in enumerate(candidates):
-        if should_stop():
-            raise Cancelled
-        if on_progress is not None and done:
-            now = time.monotonic()
-            if now - last_progress >= _PROGRESS_INTERVAL_S:
-                on_progress(done, total)
-                last_progress = now
-        result = examine(rel, read(path, max_file_bytes, size), lang, size, max_file_bytes)
-        if isinstance(result, str):
-            skipped[result] = skipped.get(result, 0) + 1
-        else:
-            files.append(result)
+    for done in range(0, total, _PROGRESS_FILES):
+        if on_progress is not None and done and time.monotonic() - last_progress >= _PROGRESS_INTERVAL_S:
+            on_progress(done, total)
+            last_progress = time.monotonic()
+        part = scan.scan_files(
+            root_str, items[done : done + _PROGRESS_FILES], 10**9, should_stop, max_file_bytes=max_file_bytes
+        )
+        files += part.counted
+        for reason, count in part.inventory_skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
     if on_progress is not None:
         on_progress(total, total)
     return summarise(files, skipped)

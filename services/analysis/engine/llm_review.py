@@ -4,12 +4,13 @@ rule-based summary kept beside it as the fallback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import openai
@@ -17,7 +18,11 @@ import structlog
 from anthropic.types import TextBlock
 
 from libs.common.config import AnalysisSettings
+from services.analysis.engine.inventory import Cancelled
 from services.analysis.engine.review import rule_based_review
+
+if TYPE_CHECKING:
+    from services.analysis.engine.context import Context
 
 log = structlog.get_logger(__name__)
 
@@ -358,3 +363,38 @@ async def llm_review(
         output_tokens=answer.output_tokens,
     )
     return _record(provider=provider, model=model, fallback=fallback, prompt=prompt, answer=answer)
+
+
+def wanted(ctx: Context) -> bool:
+    """An LLM review is written when the tenant chose a provider; otherwise the rule-based one stands."""
+    return ctx.job.config.llm_provider in PROVIDERS
+
+
+async def step(ctx: Context) -> None:
+    """The provider's review, abandoned as soon as the analysis is cancelled; a failure of ours here leaves the
+    rule-based review in place rather than failing an analysis whose results are all there."""
+    config = ctx.job.config
+    task = asyncio.create_task(
+        llm_review(
+            ctx.sections,
+            provider=config.llm_provider,
+            api_key=config.llm_api_key,
+            model=config.llm_model,
+            settings=ctx.settings.review,
+        )
+    )
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.2)
+            if ctx.should_stop() and not task.done():
+                raise Cancelled()
+        ctx.sections["review"] = task.result()
+    except Cancelled:
+        raise
+    except Exception as exc:
+        log.warning("review.crashed", error_type=type(exc).__name__)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

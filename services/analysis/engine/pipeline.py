@@ -1,339 +1,109 @@
-"""The engine's steps after the clone, in order, on a checked-out tree: one call, one report section each.
+"""The engine: every step of an analysis, from the clone to the report, in order, each declared once.
 
-How it stays fast: the tree is walked once, then every file is read once and handed, while its bytes are in
-memory, to each step that wants it (inventory, complexity, secrets). Those per-file steps run on chunks of
-files: with a process `pool`, on all its processes at once (largest files first, so no process is left with a
-long tail); without one, in the calling thread. Dependencies, findings, hotspots, the quality gate and the
-review then work on the merged results.
+A step is a function of the `Context` (engine/context.py) in a module of its own: it reads what the steps before
+it left there and adds its report sections. Adding a step is one module and one line in `STEPS`; its weight is
+its share of the progress bar, `blocking` steps (disk and CPU) run in a thread, and `wanted` says when it runs.
 """
 
 from __future__ import annotations
 
-import heapq
-import multiprocessing
-import os
+import asyncio
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from services.analysis.engine.cache import CACHE_FILE, ParseCache
-from services.analysis.engine.churn import Churn, no_history
-from services.analysis.engine.complexity import (
-    SUPPORTED_LANGUAGES,
-    ComplexityResult,
-    FunctionMetrics,
-    grammar_for,
-    measure_into,
-)
-from services.analysis.engine.dependencies import declared_dependencies
-from services.analysis.engine.findings import (
-    Finding,
-    complexity_findings,
-    quality_gate,
-    secret_findings,
-    size_findings,
-    sort_findings,
-)
-from services.analysis.engine.hotspots import FUNCTIONS_PER_HOTSPOT, hotspot_order, hotspots
-from services.analysis.engine.inventory import (
-    Cancelled,
-    Count,
-    FileStats,
-    count_lines,
-    examine,
-    read,
-    summarise,
-    walk,
-)
-from services.analysis.engine.languages import Language
-from services.analysis.engine.review import rule_based_review
-from services.analysis.engine.secrets import SecretFinding, SecretScan, scan_file
+from repolens.tenants.v1 import tenants_pb2
+from services.analysis.domain import TenantConfig
+from services.analysis.engine import churn, dependencies, fetch, findings, hotspots, llm_review, scan
+from services.analysis.engine.churn import Churn
+from services.analysis.engine.context import Context, EngineSettings, Job
+from services.analysis.engine.inventory import Cancelled
+from services.analysis.engine.scan import start_pool
+
+__all__ = ["STEPS", "Outcome", "Step", "analyse", "run", "start_pool"]
 
 Progress = Callable[[str, int], None]
-TOP_FUNCTIONS = 100
-CHUNK_BYTES = 1_000_000  # a chunk is one task: small enough that a cancellation never waits long
-CHUNK_FILES = 250
-EARLY_BYTES = 16_384  # on a pool, files this large are handed out while the walk goes on
-MAX_FILE_BYTES = 2_000_000  # what the inventory counts; complexity and secrets stop at half of it
-STEP_MAX_FILE_BYTES = 1_000_000
 
-# One file to read: path relative to the root, its inventory language (None: not counted, or known only from a
-# shebang once read), its size, whether the inventory counts it, whether secrets are looked for in it.
-Item = tuple[str, Language | None, int, bool, bool]
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # shown while it runs (`step`), and its key in the report's `timings`
+    weight: int  # its share of the progress bar
+    run: Callable[[Context], Awaitable[None]] | Callable[[Context], None]
+    blocking: bool = False  # disk or CPU work: runs in a thread, off the worker's event loop
+    needs_checkout: bool = True  # the clone is removed once no step left needs it
+    wanted: Callable[[Context], bool] = lambda ctx: True
+    offline: bool = False  # works on a tree on disk alone: the steps `analyse` runs
+
+
+STEPS: tuple[Step, ...] = (
+    Step("fetch", 10, fetch.step),
+    Step("churn", 5, churn.step),
+    Step("scan", 60, scan.step, blocking=True, offline=True),  # inventory, complexity, secrets: one read per file
+    Step("hotspots", 1, hotspots.step, blocking=True, needs_checkout=False, offline=True),
+    Step("dependencies", 4, dependencies.step, blocking=True, offline=True),
+    Step("findings", 4, findings.step, blocking=True, needs_checkout=False, offline=True),  # and the gate
+    Step("review", 14, llm_review.step, needs_checkout=False, wanted=llm_review.wanted),
+    Step("changes", 2, findings.changes_step, needs_checkout=False),
+)
 
 
 @dataclass
 class Outcome:
-    """What the steps produced: the report sections and each step's time."""
+    """What the steps produced: the report sections, the commit analysed and each step's time."""
 
     sections: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    commit_sha: str = ""
+    repository: dict[str, str] = field(default_factory=dict)
+    ref: str = ""
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The analysis's report: what was analysed, then every section, then each step's time."""
+        return {
+            "repository": self.repository,
+            "ref": self.ref,
+            "commit_sha": self.commit_sha,
+            **self.sections,
+            "timings": dict(self.timings),
+        }
 
 
-@dataclass
-class Scanned:
-    """What the per-file steps found in some files; parts from several chunks merge into one.
-
-    Of the functions, a part keeps only those the report can use once `keep_for_report` has run: memory then
-    grows with the files of a repository, not with its functions (the whole Linux kernel has over half a
-    million). The count, the sum of cyclomatic complexity and each file's total are kept instead."""
-
-    counted: list[FileStats] = field(default_factory=list)
-    inventory_skipped: dict[str, int] = field(default_factory=dict)
-    measured: ComplexityResult = field(default_factory=ComplexityResult)
-    functions: int = 0
-    cyclomatic: int = 0
-    file_complexity: dict[str, int] = field(default_factory=dict)
-    reused: int = 0  # files whose measures came from the cache
-    secrets: list[SecretFinding] = field(default_factory=list)
-    secrets_scanned: int = 0
-    secrets_skipped: dict[str, int] = field(default_factory=dict)
-
-    def merge(self, other: Scanned) -> None:
-        self.counted += other.counted
-        _add(self.inventory_skipped, other.inventory_skipped)
-        self.measured.functions += other.measured.functions
-        self.measured.files_parsed += other.measured.files_parsed
-        _add(self.measured.skipped, other.measured.skipped)
-        self.functions += other.functions
-        self.cyclomatic += other.cyclomatic
-        self.file_complexity.update(other.file_complexity)
-        self.reused += other.reused
-        self.secrets += other.secrets
-        self.secrets_scanned += other.secrets_scanned
-        _add(self.secrets_skipped, other.secrets_skipped)
-
-    def keep_for_report(self, complexity_limit: int) -> None:
-        """Counts this part's functions, then keeps of them only: the `TOP_FUNCTIONS` most complex, those above
-        `complexity_limit` (each is a finding), and each file's `FUNCTIONS_PER_HOTSPOT` most complex (a file may
-        be a hotspot). Each selection is what the report would take from all functions, in the same order."""
-        functions = self.measured.functions
-        self.functions += len(functions)
-        self.cyclomatic += sum(f.cyclomatic for f in functions)
-        by_file: dict[str, list[int]] = {}
-        for index, function in enumerate(functions):
-            by_file.setdefault(function.path, []).append(index)
-        keep = {index for index, function in enumerate(functions) if function.cyclomatic > complexity_limit}
-        keep.update(heapq.nsmallest(TOP_FUNCTIONS, range(len(functions)), key=lambda i: _ranking(functions[i])))
-        for path, indices in by_file.items():
-            self.file_complexity[path] = sum(functions[i].cyclomatic for i in indices)
-            keep.update(heapq.nsmallest(FUNCTIONS_PER_HOTSPOT, indices, key=lambda i: hotspot_order(functions[i])))
-        self.measured.functions = [functions[i] for i in sorted(keep)]
+def _percent(done: int, weight: int, fraction: float, total: int) -> int:
+    """Progress while a step runs; 100 only once the analysis has ended."""
+    return min(99, int(100 * (done + weight * min(max(fraction, 0.0), 1.0)) / total))
 
 
-def _ranking(function: FunctionMetrics) -> tuple[int, str, int]:
-    """The report's order of functions: most complex first."""
-    return -function.cyclomatic, function.path, function.start_line
-
-
-def _add(total: dict[str, int], more: dict[str, int]) -> None:
-    for key, count in more.items():
-        total[key] = total.get(key, 0) + count
-
-
-def scan_files(
-    root: str,
-    items: list[Item],
-    complexity_limit: int,
-    should_stop: Callable[[], bool] = lambda: False,
+async def run(
+    job: Job,
     *,
-    cache_path: str | None = None,
-) -> Scanned:
-    """Reads each file once and runs every per-file step that wants it; of the functions, keeps those the report
-    can use (`Scanned.keep_for_report`). With a `cache_path`, what a parse gives comes from the cache when the same
-    bytes were measured before, and goes into it otherwise. A pool task, so module-level."""
-    part = Scanned()
-    cache = _cache(cache_path)
-    for rel, language, size, counted, secrets in items:
-        if should_stop():
-            raise Cancelled
-        data = read(os.path.join(root, rel), MAX_FILE_BYTES, size)
-        if counted:
-            stats = examine(rel, data, language, size, MAX_FILE_BYTES, _counter(part, rel, cache))
-            if isinstance(stats, str):
-                part.inventory_skipped[stats] = part.inventory_skipped.get(stats, 0) + 1
-            else:
-                part.counted.append(stats)
-        if secrets:
-            found = scan_file(rel, data, part.secrets_skipped, STEP_MAX_FILE_BYTES)
-            if found is not None:
-                part.secrets_scanned += 1
-                part.secrets += found
-    if cache is not None:
-        cache.flush()
-    part.keep_for_report(complexity_limit)
-    return part
-
-
-_CACHES: dict[str, ParseCache] = {}  # this process's connections, by file
-
-
-def _cache(path: str | None) -> ParseCache | None:
-    if not path:
-        return None
-    cache = _CACHES.get(path)
-    if cache is None:
-        cache = _CACHES[path] = ParseCache(path)
-    return cache
-
-
-def _counter(part: Scanned, rel: str, cache: ParseCache | None) -> Count:
-    """Counts a file's lines for the inventory: a file in a language with a grammar is measured on the way (or
-    found in the cache), and its lines are counted from that parse."""
-    measured = part.measured
-
-    def count(data: bytes, language: Language) -> tuple[int, int, int]:
-        if language.name not in SUPPORTED_LANGUAGES:
-            return count_lines(data, language)
-        grammar = grammar_for(rel, language.name)
-        key = None
-        if cache is not None and grammar is not None and len(data) <= STEP_MAX_FILE_BYTES:
-            key = cache.key(data, grammar)
-            hit = cache.get(key, rel)
-            if hit is not None:
-                measured.functions.extend(hit[1])
-                measured.files_parsed += 1
-                part.reused += 1
-                return hit[0]
-        before = len(measured.functions)
-        lines = measure_into(measured, rel, data, language.name, STEP_MAX_FILE_BYTES)
-        if lines is None:
-            return count_lines(data, language)
-        if cache is not None and key is not None:
-            cache.put(key, (lines, measured.functions[before:]))
-        return lines
-
-    return count
-
-
-def warm_up() -> None:
-    """Loads every grammar and query in this process, so that a pool's first analysis does not pay for it."""
-    for language in sorted(SUPPORTED_LANGUAGES):
-        measure_into(ComplexityResult(), "warm.tsx" if language == "TypeScript" else "warm", b"", language)
-
-
-def _pid_after(delay_s: float) -> int:
-    time.sleep(delay_s)
-    return os.getpid()
-
-
-def start_pool(processes: int, *, timeout_s: float = 60.0) -> ProcessPoolExecutor:
-    """A pool of `processes` spawned (never forked: a child must not inherit its parent's event loop, threads or
-    connections) and warm: returns once every process has started and loaded the grammars."""
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
-    deadline = time.monotonic() + timeout_s
-    seen: set[int] = set()
-    while len(seen) < processes:
-        if time.monotonic() > deadline:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise TimeoutError(f"{processes - len(seen)} engine processes did not start in {timeout_s} s")
-        seen.update(f.result(timeout=timeout_s) for f in [pool.submit(_pid_after, 0.05) for _ in range(processes)])
-    return pool
-
-
-def plan(
-    src: Path,
-    should_stop: Callable[[], bool],
-    inventory_skipped: dict[str, int],
-    early: Callable[[list[Item]], None] | None = None,
-) -> tuple[list[Item], list[str]]:
-    """Every file to read, largest first, and every regular file's path in order (for the dependencies step).
-
-    One walk gives both: the files the inventory counts, and the others it reaches, which secrets and manifests
-    may hide in (`.env`, `go.mod`); folders the inventory leaves out (dependencies, caches, build output, version
-    control) are left out for every step. With `early`, the files of `EARLY_BYTES` or more go to it in chunks as
-    the walk finds them, so that a pool starts on the longest work while the walk goes on; they are not in the
-    items returned, which are the smaller files, largest first, to even out the end."""
-    items: list[Item] = []
-    paths: list[str] = []
-    batch: list[Item] = []
-    batch_bytes = 0
-
-    def found(rel: str, language: Language | None, size: int, counted: bool) -> None:
-        nonlocal batch, batch_bytes
-        paths.append(rel)
-        if early is None or size < EARLY_BYTES:
-            items.append((rel, language, size, counted, True))
-            return
-        batch.append((rel, language, size, counted, True))
-        batch_bytes += size
-        if len(batch) >= CHUNK_FILES or batch_bytes >= CHUNK_BYTES:
-            early(batch)
-            batch, batch_bytes = [], 0
-
-    walk(os.fspath(src), should_stop=should_stop, skipped=inventory_skipped, max_file_bytes=MAX_FILE_BYTES, found=found)
-    if batch and early is not None:
-        early(batch)
-    paths.sort()
-    items.sort(key=lambda item: -item[2])
-    return items, paths
-
-
-def chunks(items: list[Item]) -> Iterator[list[Item]]:
-    """Consecutive runs of at most CHUNK_FILES files and about CHUNK_BYTES bytes."""
-    chunk: list[Item] = []
-    size = 0
-    for item in items:
-        chunk.append(item)
-        size += item[2]
-        if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
-def _scan(
-    src: Path,
-    complexity_limit: int,
-    pool: Executor | None,
+    settings: EngineSettings,
     should_stop: Callable[[], bool],
     progress: Progress,
-    cache_path: str | None,
-    inventory_skipped: dict[str, int],
-) -> tuple[Scanned, list[str]]:
-    """The per-file steps on every file of the tree (`plan`), and every regular file's path."""
-    total = Scanned()
-    root = os.fspath(src)
-    if pool is None:
-        items, paths = plan(src, should_stop, inventory_skipped)
-        parts = list(chunks(items))
-        for done, part in enumerate(parts):
-            progress("scan", 40 + 45 * done // max(len(parts), 1))
-            total.merge(scan_files(root, part, complexity_limit, should_stop, cache_path=cache_path))
-        return total, paths
-    futures: list[Future[Scanned]] = []
-
-    def submit(part: list[Item]) -> None:
-        futures.append(pool.submit(scan_files, root, part, complexity_limit, cache_path=cache_path))
-
-    # Running chunks are abandoned on cancellation, not awaited; the merge below keeps the order of submission.
-    try:
-        items, paths = plan(src, should_stop, inventory_skipped, early=submit)
-        for part in chunks(items):
-            submit(part)
-        pending: set[Future[Scanned]] = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            if should_stop():
-                raise Cancelled()
-            progress("scan", 40 + 45 * (len(futures) - len(pending)) // max(len(futures), 1))
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
-    for future in futures:
-        total.merge(future.result())
-    return total, paths
+    timings: dict[str, float],
+    pool: Executor | None = None,
+) -> Outcome:
+    """Every wanted step on the job, in order; `progress(step, percent)` follows them and `timings` fills as each
+    ends. Raises `Cancelled` (or the fetch's `FetchCancelled`) once `should_stop()` turns true, and `StepError`
+    when a step cannot do its job."""
+    with tempfile.TemporaryDirectory(prefix="repolens-", dir=settings.work_dir or None) as workspace:
+        ctx = Context(job=job, settings=settings, should_stop=should_stop, pool=pool, checkout=Path(workspace) / "src")
+        await _drive(ctx, [step for step in STEPS if step.wanted(ctx)], progress, timings, remove_checkout=True)
+    return Outcome(
+        sections=ctx.sections, timings=timings, commit_sha=ctx.commit_sha, repository=job.repository, ref=job.ref
+    )
 
 
 def analyse(
     src: Path,
     *,
-    gate: dict[str, int],
+    gate: tenants_pb2.QualityGate,
     should_stop: Callable[[], bool],
     progress: Progress,
     pool: Executor | None = None,
@@ -341,71 +111,39 @@ def analyse(
     cache_dir: str = "",
     cache_max_entries: int = 200_000,
 ) -> Outcome:
-    """Runs the per-file steps (inventory, complexity, secrets), then dependencies, hotspots, findings, the
-    quality gate and the review; `progress(step, percent)` follows it. With a process `pool` the per-file steps
-    run on all its processes. With a `cache_dir`, files measured by an earlier analysis are not parsed again
-    (`engine/cache.py`); the cache is then trimmed to `cache_max_entries`."""
+    """The offline steps (scan, hotspots, dependencies, findings) on a tree already on disk: the same step
+    functions a worker runs, for benchmarks and tests (not from within an event loop). `churn` stands for the
+    history the churn step would have read."""
+    settings = EngineSettings(engine_cache_dir=cache_dir, engine_cache_max_entries=cache_max_entries)
+    job = Job(repository={}, config=TenantConfig(quality_gate=gate))
+    ctx = Context(job=job, settings=settings, should_stop=should_stop, pool=pool, checkout=src, history=churn)
     outcome = Outcome()
-
-    def step(name: str, percent: int) -> float:
-        if should_stop():
-            raise Cancelled()
-        progress(name, percent)
-        return time.perf_counter()
-
-    started = step("scan", 40)
-    inventory_skipped: dict[str, int] = {}
-    cache = ParseCache(os.path.join(cache_dir, CACHE_FILE)) if cache_dir else None
-    cache_path = cache.path if cache is not None and cache.prepare() else None
-    try:
-        scanned, paths = _scan(
-            src, gate["max_function_complexity"], pool, should_stop, progress, cache_path, inventory_skipped
-        )
-        if cache is not None:
-            cache.trim(cache_max_entries)
-    finally:
-        if cache is not None:
-            cache.close()
-    _add(inventory_skipped, scanned.inventory_skipped)
-    counted = summarise(scanned.counted, inventory_skipped)
-    measured = scanned.measured
-    secrets = SecretScan(
-        findings=sorted(scanned.secrets, key=lambda f: (f.path, f.line, f.column, f.rule_id)),
-        files_scanned=scanned.secrets_scanned,
-        skipped=dict(sorted(scanned.secrets_skipped.items())),
-    )
-    outcome.timings["scan"] = round(time.perf_counter() - started, 3)
-    outcome.sections["inventory"] = counted.to_dict()
-    ranked = sorted(measured.functions, key=_ranking)
-    outcome.sections["complexity"] = {
-        "functions": scanned.functions,
-        "files_parsed": measured.files_parsed,
-        "files_reused": scanned.reused,
-        "skipped": dict(sorted(measured.skipped.items())),
-        "average": round(scanned.cyclomatic / scanned.functions, 2) if scanned.functions else 0,
-        # The report keeps the functions worth reading, not all of them: a large repository has tens of thousands.
-        "top": [f._asdict() for f in ranked[:TOP_FUNCTIONS]],
-    }
-    outcome.sections["secrets"] = secrets.to_dict()
-    churn = churn or no_history()
-    outcome.sections["churn"] = churn.summary()
-    outcome.sections["hotspots"] = hotspots(churn, measured.functions, totals=scanned.file_complexity)
-
-    started = step("dependencies", 88)
-    declared = declared_dependencies(src, paths)
-    outcome.sections["dependencies"] = declared.to_dict()
-    outcome.sections["sbom"] = declared.to_cyclonedx()
-    outcome.timings["dependencies"] = round(time.perf_counter() - started, 3)
-
-    started = step("findings", 92)
-    findings: list[Finding] = size_findings(counted.files, max_file_lines=gate["max_file_lines"])
-    findings += complexity_findings(measured.functions, max_complexity=gate["max_function_complexity"])
-    findings += secret_findings(secrets.findings)
-    largest = max((f.code + f.comment + f.blank for f in counted.files), default=0)
-    worst = ranked[0].cyclomatic if ranked else 0
-    verdict = quality_gate(findings, max_function_complexity_found=worst, max_file_lines_found=largest, gate=gate)
-    outcome.sections["findings"] = [asdict(f) for f in sort_findings(findings)]
-    outcome.sections["quality_gate"] = verdict.to_dict()
-    outcome.sections["review"] = rule_based_review(outcome.sections)
-    outcome.timings["findings"] = round(time.perf_counter() - started, 3)
+    asyncio.run(_drive(ctx, [step for step in STEPS if step.offline], progress, outcome.timings, remove_checkout=False))
+    outcome.sections = ctx.sections
     return outcome
+
+
+async def _drive(
+    ctx: Context, steps: list[Step], progress: Progress, timings: dict[str, float], *, remove_checkout: bool
+) -> None:
+    total, done = sum(step.weight for step in steps), 0
+    for index, step in enumerate(steps):
+        if ctx.should_stop():
+            raise Cancelled()
+
+        def advance(fraction: float, step: Step = step, done: int = done) -> None:
+            progress(step.name, _percent(done, step.weight, fraction, total))
+
+        ctx.advance = advance
+        advance(0.0)
+        started = time.perf_counter()
+        if step.blocking:
+            await asyncio.to_thread(cast(Callable[[Context], None], step.run), ctx)
+        else:
+            await cast(Callable[[Context], Awaitable[None]], step.run)(ctx)
+        timings[step.name] = round(time.perf_counter() - started, 3)
+        done += step.weight
+        if remove_checkout and not any(later.needs_checkout for later in steps[index + 1 :]):
+            # The rest (the review, network I/O) needs no disk: the clone goes as soon as it can.
+            await asyncio.to_thread(shutil.rmtree, ctx.checkout, True)
+            remove_checkout = False

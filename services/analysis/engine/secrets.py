@@ -87,7 +87,8 @@ from typing import Any
 
 from ahocorasick_rs import BytesAhoCorasick
 
-from services.analysis.engine.inventory import GENERATED_NAMES, Cancelled, read
+from services.analysis.engine.findings import SEVERITIES
+from services.analysis.engine.inventory import GENERATED_NAMES
 
 __all__ = [
     "CONFIG_PATHS",
@@ -105,7 +106,6 @@ __all__ = [
     "shannon_entropy",
 ]
 
-SEVERITIES = ("critical", "high", "medium", "low")
 GENERIC_MIN_LENGTH = 16
 GENERIC_MIN_ENTROPY = 3.5  # bits per character
 _AWS_SECRET_MIN_ENTROPY = 3.5
@@ -364,23 +364,26 @@ def scan_secrets(
     should_stop: Callable[[], bool] = lambda: False,
     max_file_bytes: int = 1_000_000,
 ) -> SecretScan:
-    """Scan `files` (paths relative to `root`, '/'-separated) for secrets. Raises `Cancelled` soon after
+    """Scan `files` (paths relative to `root`, '/'-separated) for secrets, the way the scan step does (engine/scan.py:
+    its per-file path). A path that leaves the tree or is no regular file is skipped. Raises `Cancelled` soon after
     `should_stop()` turns True (it is asked before each file)."""
+    from services.analysis.engine import scan  # the scan step imports this module
+    from services.analysis.engine.scan import Item
+
     root_real = os.path.realpath(root)
     skipped: dict[str, int] = {}
-    findings: list[SecretFinding] = []
-    scanned = 0
+    items: list[Item] = []
     for rel in files:
-        if should_stop():
-            raise Cancelled
         reason = _unsafe(root_real, rel)
-        data = reason or read(os.path.join(root_real, rel), max_file_bytes)
-        found = scan_file(rel, data, skipped, max_file_bytes)
-        if found is not None:
-            scanned += 1
-            findings.extend(found)
-    findings.sort(key=lambda f: (f.path, f.line, f.column, f.rule_id))
-    return SecretScan(findings=findings, files_scanned=scanned, skipped=skipped)
+        if not reason:
+            items.append((rel, None, os.lstat(os.path.join(root_real, rel)).st_size, False, True))
+        else:
+            skipped[reason] = skipped.get(reason, 0) + 1
+    part = scan.scan_files(root_real, items, 10**9, should_stop, step_max_file_bytes=max_file_bytes)
+    for reason, count in part.secrets_skipped.items():
+        skipped[reason] = skipped.get(reason, 0) + count
+    findings = sorted(part.secrets, key=lambda f: (f.path, f.line, f.column, f.rule_id))
+    return SecretScan(findings=findings, files_scanned=part.secrets_scanned, skipped=skipped)
 
 
 def scan_file(

@@ -1,0 +1,91 @@
+"""GATEWAY_WORKERS: gateway processes sharing one port, started, stopped and ended together by their parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from libs.devstack.procfs import alive, children
+from libs.devstack.servers import LOCALHOST, free_port
+from libs.devstack.stack import Stack
+from tests.e2e.gateways import Gateways
+
+
+@pytest.fixture
+def gateways(stack: Stack, tmp_path: Path) -> Iterator[Gateways]:
+    running = Gateways(stack, tmp_path / "gateways.log")
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _gone(pids: list[int], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _answered(metrics_port: int) -> float:
+    text = httpx.get(f"http://{LOCALHOST}:{metrics_port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "repolens_http_requests"
+        for sample in family.samples
+        if sample.name == "repolens_http_requests_total" and sample.labels.get("route") == "/health/live"
+    )
+
+
+def _two_workers(gateways: Gateways) -> tuple[str, int, int, list[int]]:
+    """A gateway of two workers: its URL, first metrics port, parent pid and worker pids."""
+    metrics_port = free_port()
+    while metrics_port + 1 == free_port():  # pragma: no cover - the next port must be free too; rarely taken
+        metrics_port = free_port()
+    (url,) = gateways.start({"GATEWAY_WORKERS": "2", "METRICS_PORT": str(metrics_port)})
+    parent = gateways.supervisor.pid(f"gateway-{gateways.count - 1}")
+    assert parent is not None
+    workers = children(parent)
+    assert len(workers) == 2
+    return url, metrics_port, parent, workers
+
+
+def test_two_workers_share_the_port_and_each_serves_its_metrics(gateways: Gateways) -> None:
+    url, metrics_port, _, _ = _two_workers(gateways)
+    with httpx.Client(base_url=url, timeout=5) as client:
+        for _ in range(200):
+            assert client.get("/health/live", headers={"Connection": "close"}).status_code == 200
+    first, second = _answered(metrics_port), _answered(metrics_port + 1)
+    assert first > 0  # the kernel spread the connections over both workers
+    assert second > 0
+    assert first + second >= 200
+
+
+def test_sigterm_to_the_parent_stops_every_worker_and_ends_cleanly(gateways: Gateways) -> None:
+    _, _, parent, workers = _two_workers(gateways)
+    os.kill(parent, signal.SIGTERM)  # the parent only, as a process manager would
+    assert gateways.supervisor.wait(f"gateway-{gateways.count - 1}", timeout=30) == 0
+    assert _gone(workers)
+
+
+def test_a_worker_that_dies_ends_the_gateway_with_an_error(gateways: Gateways) -> None:
+    *_, workers = _two_workers(gateways)
+    os.kill(workers[0], signal.SIGKILL)
+    assert gateways.supervisor.wait(f"gateway-{gateways.count - 1}", timeout=30) == 1  # so it gets restarted whole
+    assert _gone(workers)
+
+
+def test_workers_do_not_outlive_a_parent_killed_outright(gateways: Gateways) -> None:
+    _, _, parent, workers = _two_workers(gateways)
+    os.kill(parent, signal.SIGKILL)
+    assert _gone(workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.devstack.procfs import alive, children
-from libs.devstack.servers import LOCALHOST, free_port
+from libs.devstack.servers import LOCALHOST, port_is_free
 from libs.devstack.stack import Stack
 from tests.e2e.gateways import Gateways
 
@@ -47,11 +48,20 @@ def _answered(metrics_port: int) -> float:
     )
 
 
+def _two_free_ports() -> int:
+    """The first of two free consecutive ports, below the kernel's range of ephemeral ports: a port from that range
+    (where `free_port` picks) can be taken by any outgoing connection between the check and the workers' bind: the
+    likely cause of a worker's metrics port refusing connections in one CI run."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(10_000, low - 1), 500):
+        if port_is_free(port) and port_is_free(port + 1):
+            return port
+    raise AssertionError("no two free consecutive ports")
+
+
 def _two_workers(gateways: Gateways) -> tuple[str, int, int, list[int]]:
     """A gateway of two workers: its URL, first metrics port, parent pid and worker pids."""
-    metrics_port = free_port()
-    while metrics_port + 1 == free_port():  # pragma: no cover - the next port must be free too; rarely taken
-        metrics_port = free_port()
+    metrics_port = _two_free_ports()
     (url,) = gateways.start({"GATEWAY_WORKERS": "2", "METRICS_PORT": str(metrics_port)})
     parent = gateways.supervisor.pid(f"gateway-{gateways.count - 1}")
     assert parent is not None

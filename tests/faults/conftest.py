@@ -558,6 +558,33 @@ async def check_consistent(stack: Stack, *, timeout_s: float = 60.0) -> None:
     await eventually_none(problems, timeout_s=timeout_s, what="the platform is not consistent")
 
 
+def checked(load: Load) -> None:
+    """The answers of a scenario, printed by kind, then checked (`check_answers`)."""
+    print(f"answers:\n{summary(load.answers)}")
+    check_answers(load.answers)
+
+
+async def outage(
+    load: Load,
+    *,
+    begin: Callable[[], object],
+    end: Callable[[], object],
+    marks: tuple[str, str],
+    before_s: float,
+    lasting_s: float,
+    after_s: float,
+) -> None:
+    """Load for `before_s`, `begin()` the fault (marked `marks[0]`), load for `lasting_s`, `end()` it (marked
+    `marks[1]`), load for `after_s`."""
+    await load.run_for(before_s)
+    load.mark(marks[0])
+    await asyncio.to_thread(begin)
+    await load.run_for(lasting_s)
+    await asyncio.to_thread(end)
+    load.mark(marks[1])
+    await load.run_for(after_s)
+
+
 async def settled(stack: Stack, load: Load, *, timeout_s: float = 90.0) -> None:
     """The end of every scenario: the stack is ready again, then the accepted writes and consistency are checked."""
     await asyncio.to_thread(stack.wait_ready, timeout_s)

@@ -14,16 +14,7 @@ import pytest
 
 from libs.devstack.servers import EmbeddedNats
 from libs.devstack.stack import Stack
-from tests.faults.conftest import (
-    FAULT_ENV,
-    Load,
-    check_answers,
-    during,
-    settled,
-    succeeded_after,
-    summary,
-    worker_started,
-)
+from tests.faults.conftest import FAULT_ENV, Load, checked, during, outage, settled, succeeded_after, worker_started
 
 OUTAGE_S = 30.0
 
@@ -35,15 +26,11 @@ async def test_nats_stopped_for_30_s_under_load(
     stack = await asyncio.to_thread(make_stack, fresh_database=True, nats_url=own_nats.url, extra_env=FAULT_ENV)
     await worker_started(stack)
     async with Load(stack.gateway_url, checkout) as load:
-        await load.run_for(3)
-        load.mark("stopped")
-        await asyncio.to_thread(own_nats.stop)
-        await load.run_for(OUTAGE_S)
-        await asyncio.to_thread(own_nats.start)
-        load.mark("started")
-        await load.run_for(4)
-    print(f"answers:\n{summary(load.answers)}")
-    check_answers(load.answers)
+        marks = ("stopped", "started")
+        await outage(
+            load, begin=own_nats.stop, end=own_nats.start, marks=marks, before_s=3, lasting_s=OUTAGE_S, after_s=4
+        )
+    checked(load)
     # Writes need no NATS: registrations were accepted all along.
     succeeded_after(load, "stopped")
     assert [a for a in during(load, "stopped", "started") if a.action == "register" and a.status == 201]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,11 @@ from tests.faults.conftest import (
     FAULT_ENV,
     KillablePostgres,
     Load,
-    check_answers,
+    checked,
     during,
+    outage,
     settled,
     succeeded_after,
-    summary,
     worker_started,
 )
 
@@ -30,17 +29,18 @@ async def test_postgres_killed_and_restarted_under_load(
     with own_stack(killable_postgres.server_url, tmp_path, FAULT_ENV) as stack:
         await worker_started(stack)
         async with Load(stack.gateway_url, checkout) as load:
-            await load.run_for(3)
-            load.mark("killed")
-            await asyncio.to_thread(killable_postgres.kill)
             # Down longer than the consumers' redeliveries of a failing event last (1 + 2 + 4 + 8 s): an outage is no
             # reason to dead-letter one.
-            await load.run_for(OUTAGE_S)
-            await asyncio.to_thread(killable_postgres.restart)
-            load.mark("restarted")
-            await load.run_for(6)
-        print(f"answers:\n{summary(load.answers)}")
-        check_answers(load.answers)
+            await outage(
+                load,
+                begin=killable_postgres.kill,
+                end=killable_postgres.restart,
+                marks=("killed", "restarted"),
+                before_s=3,
+                lasting_s=OUTAGE_S,
+                after_s=6,
+            )
+        checked(load)
         unavailable = [a for a in during(load, "killed", "restarted") if a.status == 503]
         assert unavailable, "nothing was refused while PostgreSQL was down"
         assert {a.code for a in unavailable} <= {"ERR_UPSTREAM_003", "ERR_UPSTREAM_001"}

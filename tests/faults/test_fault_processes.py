@@ -19,13 +19,12 @@ from tests.faults.conftest import (
     FAULT_ENV,
     Account,
     Load,
-    check_answers,
+    checked,
     during,
     kill_service,
     restart_service,
     settled,
     succeeded_after,
-    summary,
     worker_started,
 )
 
@@ -72,8 +71,7 @@ async def test_worker_and_analysis_service_killed_under_load(
         await restart_service(stack, "analysis")
         load.mark("analysis back")
         await load.run_for(4)
-    print(f"answers:\n{summary(load.answers)}")
-    check_answers(load.answers)
+    checked(load)
     down = [a for a in during(load, "analysis killed", "analysis back") if a.status == 503]
     assert down, "nothing was refused while the analysis service was down"
     assert {a.code for a in down} == {"ERR_UPSTREAM_001"}

@@ -20,7 +20,7 @@ from tests.faults.conftest import (
     FAULT_ENV,
     Account,
     Load,
-    check_answers,
+    checked,
     during,
     settled,
     succeeded_after,
@@ -122,8 +122,7 @@ async def test_valkey_stopped_then_frozen_under_login_and_api_load(
             finally:
                 stop.set()
                 await relogging
-        print(f"answers:\n{summary(load.answers)}")
-        check_answers(load.answers)
+        checked(load)
         for start, end in (("stopped", "started"), ("frozen", "thawed")):
             refused = [a for a in during(load, start, end) if a.status is not None and a.status >= 500]
             assert not refused, f"answered {refused} without Valkey: only the limits need it"

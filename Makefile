@@ -56,7 +56,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/buf lint protos
-	$(VENV)/bin/bandit -q -r libs services gateway deploy -c bandit.yaml
+	$(VENV)/bin/bandit -q -r libs services gateway cli deploy -c bandit.yaml
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .

@@ -10,13 +10,14 @@ import structlog
 from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 
+from gateway.access_tokens import AccessTokenExchange
 from gateway.deps import Backends
 from gateway.edge import SecuredFastAPI, install_cors_and_proxies, install_docs
 from gateway.errors import install_error_handlers
 from gateway.middleware import RequestMiddleware
 from gateway.ratelimit import install_rate_limits
 from gateway.route_index import add_routes
-from gateway.routes import analysis, auth, health, tenants
+from gateway.routes import access_tokens, analysis, auth, health, tenants
 from gateway.routes import settings as settings_routes
 from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
@@ -93,6 +94,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             analysis=analysis_pb2_grpc.AnalysisServiceStub(analysis_channel),
             verifier=verifier,
             revocations=revocations,
+            access_tokens=AccessTokenExchange(verifier=verifier),
         )
         follower = asyncio.create_task(_follow_revocations(settings, revocations))
         flusher = asyncio.create_task(rate_limits.api.run(rate_limits.flush_interval_s))
@@ -130,7 +132,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     rate_limits = install_rate_limits(app, settings)
     install_docs(app)
-    add_routes(app, [auth.router, tenants.router, settings_routes.router, analysis.router, health.router])
+    add_routes(
+        app, [auth.router, access_tokens.router, tenants.router, settings_routes.router, analysis.router, health.router]
+    )
     # One pass per request (span, request id, access log, edge limits), wrapped by CORS and the proxy headers so
     # that its refusals carry the CORS grant; the security headers and metrics wrap everything (SecuredFastAPI).
     app.add_middleware(

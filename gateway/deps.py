@@ -9,6 +9,7 @@ import grpc
 import structlog
 from fastapi import Depends, Request
 
+from gateway.access_tokens import AccessTokenExchange
 from gateway.ratelimit import rate_limits
 from libs.common.config import GatewaySettings
 from libs.common.grpc_client import call
@@ -17,7 +18,7 @@ from libs.common.identity import SERVICE_TOKEN_KEY
 from libs.common.revocation import RevocationList
 from libs.common.tokens import AccessClaims, TokenVerifier, bearer_token
 from repolens.analysis.v1 import analysis_pb2_grpc
-from repolens.auth.v1 import auth_pb2_grpc
+from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from repolens.tenants.v1 import tenants_pb2_grpc
 
 
@@ -34,6 +35,7 @@ class Backends:
     analysis: analysis_pb2_grpc.AnalysisServiceStub
     verifier: TokenVerifier
     revocations: RevocationList
+    access_tokens: AccessTokenExchange
 
     async def call(
         self,
@@ -71,7 +73,21 @@ class Caller:
 async def current_caller(request: Request, backends: BackendsDep) -> Caller:
     """The verified bearer of the request; the tenant comes from this token and nowhere else."""
     token = bearer_token(request.headers.get("authorization"))
-    claims = await backends.verifier.verify(token)
+    if AccessTokenExchange.applies_to(token):
+        # The personal token goes no further than auth: the services behind see the exchanged one.
+
+        async def exchange(personal: str) -> str:
+            reply: auth_pb2.ExchangeAccessTokenResponse = await backends.call(
+                backends.auth.ExchangeAccessToken,
+                auth_pb2.ExchangeAccessTokenRequest(token=personal),
+                request=request,
+                as_gateway=True,
+            )
+            return reply.access_token
+
+        token, claims = await backends.access_tokens.claims(token, exchange)
+    else:
+        claims = await backends.verifier.verify(token)
     backends.revocations.check(claims)
     structlog.contextvars.bind_contextvars(tenant_id=str(claims.tenant_id), user_id=str(claims.user_id))
     # Per user, not per token: logging in again must not buy a fresh allowance.

@@ -10,6 +10,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 # Text no field takes: NUL (PostgreSQL refuses it in text), whatever the field. In the schema too, so that clients and
 # fuzzers know it; a lone surrogate is refused by the JSON parser itself.
 TEXT = r"^[^\x00]*$"
+# A key or token as the tenants service keeps it: no whitespace of any kind (nor NUL).
+SECRET_VALUE = r"^[^\s\x00]*$"  # noqa: S105 # nosec B105 # a pattern, not a secret
 # A host name as a tenant's `allowed_hosts` take it (any case): labels of letters, digits and '-', a dot between.
 HOST = r"^\s*(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\s*$"
 # An email address as the auth service checks it: one @, a dot after it, no spaces or control characters.
@@ -311,10 +313,17 @@ class SwitchTenantBody(Request):
 
 
 class QualityGateBody(Request):
+    """The overall conditions, then the conditions on new code (a branch's or pull request's findings that its base
+    analysis does not have), and which of them decide for branches and pull requests (docs/branches.md)."""
+
     max_function_complexity: PositiveGateLimit
     max_high_findings: GateLimit
     max_secrets: GateLimit
     max_file_lines: PositiveGateLimit
+    max_new_high_findings: GateLimit = 0
+    max_new_complex_functions: GateLimit = 0
+    max_new_secrets: GateLimit = 0
+    branch_gate: Literal["new_code", "overall", "both"] = "new_code"
 
 
 class SecretOut(BaseModel):
@@ -337,6 +346,10 @@ class SettingsOut(BaseModel):
                         "max_high_findings": 0,
                         "max_secrets": 0,
                         "max_file_lines": 1000,
+                        "max_new_high_findings": 0,
+                        "max_new_complex_functions": 0,
+                        "max_new_secrets": 0,
+                        "branch_gate": "new_code",
                     },
                     "allowed_hosts": ["github.com"],
                     "updated_at": "2026-11-26T08:00:00Z",
@@ -349,7 +362,7 @@ class SettingsOut(BaseModel):
     openai_api_key: SecretOut
     llm_provider: str
     llm_model: str
-    quality_gate: dict[str, int]
+    quality_gate: dict[str, int | str]
     allowed_hosts: list[str]
     updated_at: dt.datetime | None
 
@@ -365,9 +378,9 @@ class SettingsPatch(Request):
             "minProperties": 1,
         }
     )
-    github_token: Annotated[str | None, Field(pattern=TEXT, max_length=512)] = None
-    anthropic_api_key: Annotated[str | None, Field(pattern=TEXT, max_length=512)] = None
-    openai_api_key: Annotated[str | None, Field(pattern=TEXT, max_length=512)] = None
+    github_token: Annotated[str | None, Field(pattern=SECRET_VALUE, max_length=512)] = None
+    anthropic_api_key: Annotated[str | None, Field(pattern=SECRET_VALUE, max_length=512)] = None
+    openai_api_key: Annotated[str | None, Field(pattern=SECRET_VALUE, max_length=512)] = None
     llm_provider: Literal["none", "anthropic", "openai"] | None = None
     llm_model: Annotated[str | None, Field(pattern=TEXT, max_length=100)] = None
     quality_gate: QualityGateBody | None = None
@@ -429,9 +442,42 @@ class RepositoryPage(BaseModel):
     next_cursor: str | None
 
 
+SHA = r"^[0-9a-f]{7,64}$"
+
+
+class PullRequestBody(Request):
+    number: Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_integral)]
+    head_sha: Annotated[str | None, Field(pattern=SHA, description="The commit under review")] = None
+    base_sha: Annotated[
+        str | None,
+        Field(pattern=SHA, description="The base commit: the analysis of this commit, when there is one, is the base"),
+    ] = None
+
+
 class StartAnalysisBody(Request):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ref": "main"}, {}]})
+    """A branch other than the default one, or a pull request, is compared with its base: the newest succeeded
+    analysis of `base_ref` (the default branch unless given), that of `pull_request.base_sha` when there is one.
+    Its new findings are those the base does not have (docs/branches.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"ref": "main"},
+                {},
+                {"ref": "feature/login", "base_ref": "main"},
+                {"ref": "feature/login", "pull_request": {"number": 42, "head_sha": "9fceb02", "base_sha": "e83c516"}},
+            ]
+        }
+    )
     ref: Annotated[str | None, Field(pattern=TEXT, min_length=1, max_length=200, description=REF_RULES)] = None
+    base_ref: Annotated[str | None, Field(pattern=TEXT, min_length=1, max_length=200, description=REF_RULES)] = None
+    pull_request: PullRequestBody | None = None
+
+
+class PullRequestOut(BaseModel):
+    number: int
+    head_sha: str
+    base_sha: str
 
 
 class AnalysisOut(BaseModel):
@@ -469,11 +515,40 @@ class AnalysisOut(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    base_ref: str | None = Field(default=None, description="What a branch is compared with; null: the default branch")
+    pull_request: PullRequestOut | None = None
 
 
 class AnalysisPage(BaseModel):
     items: list[AnalysisOut]
     next_cursor: str | None
+
+
+class BranchOut(BaseModel):
+    ref: str
+    latest_analysis: AnalysisOut
+    quality_gate: dict[str, Any] | None = Field(
+        description="The gate of the branch's newest succeeded analysis (its id in `analysis_id`); null: none yet"
+    )
+
+
+class BranchPage(BaseModel):
+    items: list[BranchOut]
+    next_cursor: str | None
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="Shown once: GitHub's webhook secret. Asking again issues a new one")
+    url: str = Field(description="The payload URL's path, under the gateway's public address")
+    content_type: str = Field(description="The content type to choose in GitHub: application/json")
+    events: list[str] = Field(description="The events to send: push and pull_request")
+
+
+class HookOut(BaseModel):
+    queued: bool
+    analysis_id: str | None = None
+    duplicate: bool = Field(default=False, description="This delivery was received before: nothing queued again")
+    ignored: str | None = Field(default=None, description="Why the delivery queued nothing (ping, closed...)")
 
 
 class FindingOut(BaseModel):
@@ -495,3 +570,53 @@ class DiffOut(BaseModel):
     new: list[FindingOut]
     fixed: list[FindingOut]
     unchanged: int
+
+
+# Something to show, and no control characters (the auth service's rule).
+_LABEL = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+Scope = Literal["analysis:read", "analysis:run", "repositories:write", "settings:read"]
+
+
+class CreateAccessTokenBody(Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "ci: main pipeline", "scopes": ["analysis:read", "analysis:run"], "expires_in_days": 90}
+            ]
+        }
+    )
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=_LABEL)]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=4, json_schema_extra={"uniqueItems": True})]
+    expires_in_days: Annotated[
+        int,
+        Field(ge=1, le=366, description="Required; at most PAT_MAX_DAYS (366, which an operator may lower)"),
+        BeforeValidator(_integral),
+    ]
+
+    @model_validator(mode="after")
+    def _unique_scopes(self) -> CreateAccessTokenBody:
+        if len(set(self.scopes)) != len(self.scopes):
+            raise ValueError("each scope once")
+        return self
+
+
+class AccessTokenOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    prefix: str = Field(description="The token's first characters, to tell tokens apart")
+    tenant_id: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    last_used_at: dt.datetime | None = Field(
+        description="Last exchange of the token at the gateway (at most ACCESS_TOKEN_TTL_S stale); null if never used"
+    )
+
+
+class CreatedAccessTokenOut(AccessTokenOut):
+    token: str = Field(description="Shown once: only its hash is stored. Send it as `Authorization: Bearer rlp_...`")
+
+
+class AccessTokenPage(BaseModel):
+    items: list[AccessTokenOut]
+    next_cursor: str | None

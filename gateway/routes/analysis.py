@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from gateway.deps import BackendsDep, CurrentCaller
 from gateway.params import Cursor, Id, Limit, OffsetCursor, text
 from gateway.schemas import (
+    TEXT,
     AnalysisOut,
     AnalysisPage,
+    BranchOut,
+    BranchPage,
     CreateRepositoryBody,
     DiffOut,
     ErrorOut,
     FindingOut,
     FindingPage,
+    HookOut,
+    PullRequestOut,
     RepositoryOut,
     RepositoryPage,
     StartAnalysisBody,
     UpdateRepositoryBody,
+    WebhookSecretOut,
 )
 from repolens.analysis.v1 import analysis_pb2
 
@@ -68,6 +75,14 @@ def _analysis(analysis: analysis_pb2.Analysis) -> AnalysisOut:
         created_at=analysis.created_at.ToDatetime(tzinfo=dt.UTC),
         started_at=_time(analysis, "started_at"),
         finished_at=_time(analysis, "finished_at"),
+        base_ref=analysis.base_ref or None,
+        pull_request=PullRequestOut(
+            number=analysis.pull_request.number,
+            head_sha=analysis.pull_request.head_sha,
+            base_sha=analysis.pull_request.base_sha,
+        )
+        if analysis.HasField("pull_request")
+        else None,
     )
 
 
@@ -188,13 +203,53 @@ async def start_analysis(
     backends: BackendsDep,
     body: StartAnalysisBody | None = None,
 ) -> AnalysisOut:
+    message = analysis_pb2.StartAnalysisRequest(
+        repository_id=repository_id,
+        ref=(body.ref if body else None) or "",
+        base_ref=(body.base_ref if body else None) or "",
+    )
+    if body is not None and body.pull_request is not None:
+        pull = body.pull_request
+        message.pull_request.CopyFrom(
+            analysis_pb2.PullRequest(number=pull.number, head_sha=pull.head_sha or "", base_sha=pull.base_sha or "")
+        )
     reply: analysis_pb2.StartAnalysisResponse = await backends.call(
-        backends.analysis.StartAnalysis,
-        analysis_pb2.StartAnalysisRequest(repository_id=repository_id, ref=(body.ref if body else None) or ""),
+        backends.analysis.StartAnalysis, message, request=request, token=caller.token
+    )
+    return _analysis(reply.analysis)
+
+
+@router.get(
+    "/repositories/{repository_id}/branches",
+    response_model=BranchPage,
+    responses=_ERRORS,
+    summary="Analysed branches of a repository (pull requests apart), by name, with their newest analysis and gate",
+)
+async def list_branches(
+    repository_id: Id,
+    caller: CurrentCaller,
+    request: Request,
+    backends: BackendsDep,
+    limit: Limit = 50,
+    cursor: OffsetCursor = None,
+) -> BranchPage:
+    reply: analysis_pb2.ListBranchesResponse = await backends.call(
+        backends.analysis.ListBranches,
+        analysis_pb2.ListBranchesRequest(repository_id=repository_id, page_size=limit, page_token=cursor or ""),
         request=request,
         token=caller.token,
     )
-    return _analysis(reply.analysis)
+    return BranchPage(
+        items=[
+            BranchOut(
+                ref=branch.ref,
+                latest_analysis=_analysis(branch.latest_analysis),
+                quality_gate=json.loads(branch.quality_gate_json) if branch.quality_gate_json else None,
+            )
+            for branch in reply.branches
+        ],
+        next_cursor=reply.next_page_token or None,
+    )
 
 
 @router.get("/analyses", response_model=AnalysisPage, responses=_ERRORS, summary="Analyses of the tenant, newest first")
@@ -358,3 +413,70 @@ async def diff_analyses(
     return DiffOut(
         new=[_finding(f) for f in reply.new], fixed=[_finding(f) for f in reply.fixed], unchanged=reply.unchanged
     )
+
+
+@router.post(
+    "/repositories/{repository_id}/webhook-secret",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookSecretOut,
+    responses=_ERRORS,
+    summary="A new GitHub webhook secret for the repository, shown once; the one before stops verifying",
+)
+async def create_webhook_secret(
+    repository_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> WebhookSecretOut:
+    reply: analysis_pb2.CreateWebhookSecretResponse = await backends.call(
+        backends.analysis.CreateWebhookSecret,
+        analysis_pb2.CreateWebhookSecretRequest(repository_id=repository_id),
+        request=request,
+        token=caller.token,
+    )
+    return WebhookSecretOut(
+        secret=reply.secret,
+        url=f"/api/v2/hooks/github/{repository_id}",
+        content_type="application/json",
+        events=["push", "pull_request"],
+    )
+
+
+_HEADER = 200  # longest value taken from GitHub's headers
+
+
+@router.post(
+    "/hooks/github/{repository_id}",
+    response_model=HookOut,
+    responses={
+        202: {"model": HookOut, "description": "An analysis was queued"},
+        401: {"model": ErrorOut, "description": "Not signed with the repository's secret (`ERR_HOOK_001`)"},
+        413: {"model": ErrorOut, "description": "Body too large"},
+        422: {"model": ErrorOut, "description": "A header is missing or too long"},
+        429: {"model": ErrorOut, "description": "The tenant's analysis quotas are reached"},
+    },
+    summary="GitHub's push and pull_request webhooks (no token: verified by X-Hub-Signature-256)",
+    tags=["webhooks"],
+)
+async def github_hook(
+    repository_id: Id,
+    request: Request,
+    response: Response,
+    backends: BackendsDep,
+    x_github_event: Annotated[str, Header(max_length=_HEADER, pattern=TEXT)],
+    x_github_delivery: Annotated[str, Header(max_length=_HEADER, pattern=TEXT)],
+    x_hub_signature_256: Annotated[str, Header(max_length=_HEADER, pattern=TEXT)],
+) -> HookOut:
+    reply: analysis_pb2.ReceiveGithubEventResponse = await backends.call(
+        backends.analysis.ReceiveGithubEvent,
+        analysis_pb2.ReceiveGithubEventRequest(
+            repository_id=repository_id,
+            event=x_github_event,
+            delivery_id=x_github_delivery,
+            signature=x_hub_signature_256,
+            body=await request.body(),
+        ),
+        request=request,
+        as_gateway=True,
+    )
+    if reply.HasField("analysis"):
+        response.status_code = status.HTTP_202_ACCEPTED
+        return HookOut(queued=True, analysis_id=reply.analysis.id)
+    return HookOut(queued=False, duplicate=reply.duplicate, ignored=reply.ignored or None)

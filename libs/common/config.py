@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 # Development-only master key (32 zero-ish bytes, base64). Production refuses it.
 DEVELOPMENT_MASTER_KEY = base64.b64encode(b"repolens-development-master-key!").decode()
+DEVELOPMENT_WEBHOOK_KEY = base64.b64encode(b"repolens-development-webhook-key").decode()
 
 
 class Environment(StrEnum):
@@ -307,6 +308,12 @@ class AuthSettings(AcceptsServiceCalls):
         "theft (the login ends)",
     )
     key_reload_interval_s: float = Field(default=30.0, gt=0, description="How often signing keys are re-read")
+    pat_max_days: int = Field(
+        default=366,
+        ge=1,
+        le=366,
+        description="Longest lifetime a personal access token may be given, in days (a year at most)",
+    )
     argon2_time_cost: int = Field(default=2, ge=1, description="argon2id iterations (OWASP: 2)")
     argon2_memory_kib: int = Field(default=19456, ge=1024, description="argon2id memory in KiB (OWASP: 19 MiB)")
     argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes (OWASP: 1)")
@@ -355,7 +362,7 @@ class TenantsSettings(AcceptsServiceCalls):
         return problems
 
 
-class AnalysisSettings(GrpcServiceSettings, MigrationSettings):
+class AnalysisSettings(AcceptsServiceCalls, MigrationSettings):
     """The analysis service and its workers."""
 
     grpc_port: int = Field(default=50053, ge=0, le=65535, description="gRPC port (0 picks a free one)")
@@ -435,9 +442,32 @@ class AnalysisSettings(GrpcServiceSettings, MigrationSettings):
         default="claude-sonnet-5-5", description="Model when the tenant names none (provider anthropic)"
     )
     llm_openai_model: str = Field(default="gpt-5.5", description="Model when the tenant names none (provider openai)")
+    # GitHub: the webhooks that queue analyses (checked by the service) and the commit statuses (posted by workers).
+    internal_service_tokens: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"gateway": SecretStr(DEVELOPMENT_GATEWAY_TOKEN)},
+        description="Service name to credential (JSON) of each service allowed to call the internal RPCs "
+        "(analysis: gateway, which hands it GitHub's webhooks)",
+    )
+    webhook_key: MasterKey | None = Field(
+        default=SecretStr(DEVELOPMENT_WEBHOOK_KEY),
+        description="base64 of 32 bytes; every repository's webhook secret is derived from it (none is stored)",
+    )
+    github_api_url: str = Field(default="https://api.github.com", description="GitHub REST API, for commit statuses")
+    github_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Time limit of one call to GitHub")
+    public_url: str = Field(
+        default="http://localhost:8000", description="The API's public base URL: the links of commit statuses"
+    )
+
+    @property
+    def webhook_key_bytes(self) -> bytes:
+        return decode_master_key(self.webhook_key.get_secret_value()) if self.webhook_key is not None else b""
 
     def production_problems(self) -> list[str]:
         problems = super().production_problems()
+        if self.webhook_key is not None and self.webhook_key.get_secret_value() == DEVELOPMENT_WEBHOOK_KEY:
+            problems.append("WEBHOOK_KEY is missing or the development default")
+        if not self.github_api_url.startswith("https://"):
+            problems.append("GITHUB_API_URL must be https: the tenants' GitHub tokens travel with every status")
         for name in ("anthropic_base_url", "openai_base_url"):
             if getattr(self, name) and not getattr(self, name).startswith("https://"):
                 problems.append(f"{name.upper()} must be https: the tenants' API keys travel with every request")
@@ -446,6 +476,16 @@ class AnalysisSettings(GrpcServiceSettings, MigrationSettings):
         if self.service_token.get_secret_value() == DEVELOPMENT_SERVICE_TOKEN:
             problems.append("SERVICE_TOKEN is the development default")
         return problems
+
+
+class AnalysisWorkerSettings(AnalysisSettings):
+    """The analysis workers: the service's settings without what only the service holds. A worker verifies no
+    webhook and takes no call, so it is given neither WEBHOOK_KEY nor the gateway's credential."""
+
+    internal_service_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Not read by workers (they take no call)"
+    )
+    webhook_key: MasterKey | None = Field(default=None, description="Not read by workers (they verify no webhook)")
 
 
 class GatewaySettings(CommonSettings):

@@ -13,13 +13,14 @@ from typing import Any
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from libs.common.config import AnalysisSettings, AuthSettings, GatewaySettings, TenantsSettings
+from libs.common.config import AnalysisSettings, AnalysisWorkerSettings, AuthSettings, GatewaySettings, TenantsSettings
 
-# Each process and the settings class it reads (the analysis workers read the analysis service's).
+# Each process and the settings class it reads.
 PROCESSES: dict[str, type[BaseSettings]] = {
     "auth": AuthSettings,
     "tenants": TenantsSettings,
     "analysis": AnalysisSettings,
+    "worker": AnalysisWorkerSettings,
     "gateway": GatewaySettings,
 }
 

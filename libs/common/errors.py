@@ -145,6 +145,32 @@ ALREADY_IN_TENANT = _define(
     "Already acting in this tenant",
     "`switch-tenant` to the tenant of the token itself: keep using the tokens you have.",
 )
+SCOPE_MISSING = _define(
+    "ERR_AUTH_013",
+    403,
+    _C.PERMISSION_DENIED,
+    "The access token's scopes do not allow this",
+    "A personal access token calls only what its scopes name (docs/tokens.md); create one with the scope needed.",
+)
+ACCESS_TOKEN_NOT_FOUND = _define(
+    "ERR_AUTH_014", 404, _C.NOT_FOUND, "Access token not found", "No live token of the caller's with this id."
+)
+TOO_MANY_ACCESS_TOKENS = _define(
+    "ERR_AUTH_015",
+    409,
+    _C.FAILED_PRECONDITION,
+    "Too many access tokens",
+    "A user holds at most 100 live tokens per tenant; revoke one first.",
+)
+
+WEBHOOK_SIGNATURE = _define(
+    "ERR_HOOK_001",
+    401,
+    _C.UNAUTHENTICATED,
+    "Webhook not verified",
+    "No repository with a webhook secret has this id, or `X-Hub-Signature-256` is not the HMAC-SHA256 of the body "
+    "under its secret.",
+)
 
 TENANT_NOT_FOUND = _define(
     "ERR_TENANT_001", 404, _C.NOT_FOUND, "Tenant not found", "It does not exist or the caller is not a member."

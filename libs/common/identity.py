@@ -60,6 +60,9 @@ class Access:
     public: frozenset[str] = frozenset()
     # RPC name -> the services whose credential it accepts (user tokens never qualify).
     services: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # RPC name -> the scope a personal access token needs for it (libs/common/access_tokens.py); an RPC not named
+    # here takes a login's token only.
+    scopes: Mapping[str, str] = field(default_factory=dict)
 
 
 class CallerIdentity:
@@ -116,6 +119,8 @@ class Authenticator:
         if self._users is None:
             raise AppError(errors.INVALID_TOKEN)
         claims = await self._users(context)
+        if claims.scopes is not None and self._access.scopes.get(method) not in claims.scopes:
+            raise AppError(errors.SCOPE_MISSING)
         _CALLER.set(claims)
         structlog.contextvars.bind_contextvars(tenant_id=str(claims.tenant_id), user_id=str(claims.user_id))
 

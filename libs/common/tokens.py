@@ -36,6 +36,8 @@ class AccessClaims:
     token_id: str
     issued_at: int
     expires_at: int
+    # None for a login's token (everything the role allows); a personal access token's scopes otherwise.
+    scopes: frozenset[str] | None = None
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -157,8 +159,17 @@ class TokenVerifier:
                 token_id=str(claims["jti"]),
                 issued_at=int(claims["iat"]),
                 expires_at=int(claims["exp"]),
+                scopes=_scopes(claims.get("scp")),
             )
         except jwt.ExpiredSignatureError as exc:
             raise AppError(errors.TOKEN_EXPIRED) from exc
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise AppError(errors.INVALID_TOKEN) from exc
+
+
+def _scopes(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(scope, str) for scope in value):
+        raise ValueError("scp must be a list of strings")
+    return frozenset(value)

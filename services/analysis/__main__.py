@@ -11,21 +11,25 @@ import uuid
 from collections.abc import Callable
 
 import grpc
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.common import metrics, migrations
-from libs.common.config import AnalysisSettings, MigrationSettings
+from libs.common import access_tokens, metrics, migrations
+from libs.common.config import AnalysisSettings, AnalysisWorkerSettings, MigrationSettings
 from libs.common.db import FastReads, create_engine, wait_for_database
 from libs.common.error_reporting import configure_error_reporting
-from libs.common.events import connect_nats, ensure_streams
+from libs.common.event_types import SETTINGS_CHANGED
+from libs.common.events import EVENTS_STREAM, connect_nats, ensure_streams
 from libs.common.grpc_client import open_channel
-from libs.common.identity import follow_users
+from libs.common.identity import Access, follow_users, rpc_name
 from libs.common.logging import configure_logging, error_text, get_logger
 from libs.common.outbox import OutboxRelay, wake_relay_on_commit
 from libs.common.revocation import RevocationFeed
 from libs.common.service import Runtime, ServiceSpec, run_async, serve
 from libs.common.tracing import configure_tracing
 from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
+from repolens.events.v1 import events_pb2
 from services.analysis import consumers, repository, tenant_migrations, use_cases
 from services.analysis.domain import JOBS_STREAM, SERVICE_SCHEMA
 from services.analysis.jobs import ensure_jobs_stream
@@ -39,6 +43,26 @@ from services.analysis.use_cases import (
 
 log = get_logger(__name__)
 
+_ANALYSIS = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"]
+# What a personal access token needs for each RPC; the creator's current role is checked as for any caller.
+_READS = (
+    "ListRepositories",
+    "GetRepository",
+    "ListAnalyses",
+    "GetAnalysis",
+    "GetReport",
+    "ListFindings",
+    "ListBranches",
+)
+_SCOPES = {
+    **dict.fromkeys((*_READS, "DiffAnalyses", "GetSarif"), access_tokens.ANALYSIS_READ),
+    **dict.fromkeys(
+        ("CreateRepository", "UpdateRepository", "DeleteRepository", "CreateWebhookSecret"),
+        access_tokens.REPOSITORIES_WRITE,
+    ),
+    **dict.fromkeys(("StartAnalysis", "CancelAnalysis"), access_tokens.ANALYSIS_RUN),
+}
+
 
 def _spec(forget: Callable[[str], None] | None = None) -> ServiceSpec:
     return ServiceSpec(
@@ -47,7 +71,12 @@ def _spec(forget: Callable[[str], None] | None = None) -> ServiceSpec:
         migrations=SERVICE_MIGRATIONS,
         outbox=repository.outbox,
         inbox=repository.inbox,
-        grpc_service_names=[analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name],
+        grpc_service_names=[_ANALYSIS.full_name],
+        access=Access(
+            # GitHub's webhooks reach the service through the gateway alone, which hands over the raw delivery.
+            services={rpc_name(_ANALYSIS, "ReceiveGithubEvent"): frozenset({"gateway"})},
+            scopes={rpc_name(_ANALYSIS, name): scope for name, scope in _SCOPES.items()},
+        ),
         consumers=consumers.handlers(forget or (lambda _: None)),
     )
 
@@ -71,6 +100,7 @@ def _analyses(
         max_repositories=settings.tenant_max_repositories,
         max_queued_analyses=settings.tenant_max_queued_analyses,
         max_analyses_per_hour=settings.tenant_max_analyses_per_hour,
+        webhook_key=settings.webhook_key_bytes,
     )
 
 
@@ -130,6 +160,7 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
 async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
     """A worker process: no gRPC server, just jobs. SIGTERM stops taking jobs and lets running ones end."""
     from services.analysis.engine.context import EngineSettings  # the engine is imported by workers only
+    from services.analysis.github import CommitStatuses
     from services.analysis.worker import DURABLE, Worker
 
     stop = stop or asyncio.Event()
@@ -154,6 +185,21 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
     )
     analyses = _analyses(settings, engine, config)
     wake_relay_on_commit(engine, relay.notify)
+
+    async def forget_settings(message: Msg) -> None:
+        try:
+            config.forget(uuid.UUID(events_pb2.EventEnvelope.FromString(message.data).tenant_id))
+        except Exception as exc:
+            log.warning("settings_feed.bad_event", error=error_text(exc))
+
+    # A tenant's new settings (its quality gate...) apply to the next analysis, not after the cache's 5 s.
+    settings_feed = await js.subscribe(
+        SETTINGS_CHANGED.subject,
+        stream=EVENTS_STREAM,
+        cb=forget_settings,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW,
+    )
     worker = Worker(
         analyses=analyses,
         js=js,
@@ -164,6 +210,8 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
         engine_processes=settings.engine_processes,
         tenant_max_running=settings.tenant_max_running_analyses,
         job_max_deliveries=settings.job_max_deliveries,
+        statuses=CommitStatuses(api_url=settings.github_api_url, timeout_s=settings.github_timeout_s),
+        public_url=settings.public_url,
     )
     relaying = asyncio.create_task(relay.run())
     # The worker serves no API: its probes ask the metrics port whether its loop runs and it is taking jobs.
@@ -175,6 +223,8 @@ async def run_worker(settings: AnalysisSettings, stop: asyncio.Event | None = No
     try:
         await worker.run(stop)
     finally:
+        with contextlib.suppress(Exception):
+            await settings_feed.unsubscribe()
         await observed.stop()
         relay.stop()
         relaying.cancel()
@@ -197,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--scope", choices=["tenant", "service"], default="tenant", help="down: which scope")
     args = parser.parse_args(argv)
     # `migrate` reads only the database settings: the migration Job holds none of the service's keys.
-    settings = MigrationSettings() if args.command == "migrate" else AnalysisSettings()
+    settings: MigrationSettings = (
+        MigrationSettings()
+        if args.command == "migrate"
+        else AnalysisWorkerSettings()
+        if args.command == "worker"
+        else AnalysisSettings()
+    )
     service = "analysis-worker" if args.command == "worker" else "analysis"
     configure_logging(settings, service=service)
     configure_tracing(settings, service=service)

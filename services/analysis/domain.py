@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from libs.common import errors
 from libs.common.errors import AppError
@@ -55,6 +56,18 @@ class Repository:
 
 
 @dataclass(frozen=True, slots=True)
+class PullRequest:
+    """The pull (or merge) request an analysis is for: its head is the analysed ref, its base the comparison's."""
+
+    number: int
+    head_sha: str = ""
+    base_sha: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "head_sha": self.head_sha, "base_sha": self.base_sha}
+
+
+@dataclass(frozen=True, slots=True)
 class Analysis:
     id: uuid.UUID
     repository_id: uuid.UUID
@@ -71,6 +84,15 @@ class Analysis:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # A branch or pull request is judged against `base_ref` (None: the repository's default branch).
+    base_ref: str | None = None
+    pull_request: PullRequest | None = None
+    # What queued it when not a user: {"kind": "github", "full_name": "owner/name", "sha": ..., "delivery": ...}.
+    trigger: dict[str, str] | None = None
+
+    def compares_with_base(self, default_branch: str) -> bool:
+        """A branch other than the default one, or a pull request: new code is what its base does not have."""
+        return self.pull_request is not None or self.base_ref is not None or self.ref != default_branch
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from services.analysis.domain import (
     TENANT_SCHEMA,
     Analysis,
     AnalysisUsage,
+    PullRequest,
     Repository,
 )
 
@@ -53,6 +54,23 @@ leases = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("holder", sa.Text),
     sa.Column("expires_at", sa.DateTime(timezone=True)),
+    schema=SERVICE_SCHEMA,
+)
+hook_targets = sa.Table(
+    "hook_targets",
+    service_metadata,
+    sa.Column("repository_id", sa.Uuid, primary_key=True),
+    sa.Column("tenant_id", sa.Uuid),
+    sa.Column("generation", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    schema=SERVICE_SCHEMA,
+)
+hook_deliveries = sa.Table(
+    "hook_deliveries",
+    service_metadata,
+    sa.Column("delivery_id", sa.Text, primary_key=True),
+    sa.Column("repository_id", sa.Uuid),
+    sa.Column("received_at", sa.DateTime(timezone=True)),
     schema=SERVICE_SCHEMA,
 )
 outbox = outbox_table(service_metadata, SERVICE_SCHEMA)
@@ -89,6 +107,9 @@ analyses = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("base_ref", sa.Text),
+    sa.Column("pull_request", postgresql.JSONB(none_as_null=True)),  # None is SQL NULL, not JSON null
+    sa.Column("trigger", postgresql.JSONB(none_as_null=True)),
 )
 
 
@@ -308,16 +329,34 @@ def _analysis(row: Any) -> Analysis:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        base_ref=row.base_ref,
+        pull_request=PullRequest(**row.pull_request) if row.pull_request else None,
+        trigger=dict(row.trigger) if row.trigger else None,
     )
 
 
 async def add_analysis(
-    conn: AsyncConnection, *, analysis_id: uuid.UUID, repository_id: uuid.UUID, ref: str
+    conn: AsyncConnection,
+    *,
+    analysis_id: uuid.UUID,
+    repository_id: uuid.UUID,
+    ref: str,
+    base_ref: str | None = None,
+    pull_request: PullRequest | None = None,
+    trigger: dict[str, str] | None = None,
 ) -> Analysis:
     row = (
         await conn.execute(
             analyses.insert()
-            .values(id=analysis_id, repository_id=repository_id, ref=ref, status=QUEUED)
+            .values(
+                id=analysis_id,
+                repository_id=repository_id,
+                ref=ref,
+                status=QUEUED,
+                base_ref=base_ref,
+                pull_request=pull_request.to_dict() if pull_request else None,
+                trigger=trigger,
+            )
             .returning(*_ANALYSIS_COLUMNS)
         )
     ).one()
@@ -443,21 +482,128 @@ async def report_of(conn: AsyncConnection, analysis_id: uuid.UUID) -> dict[str, 
     return dict(value) if value is not None else None
 
 
-async def previous_report(
-    conn: AsyncConnection, repository_id: uuid.UUID, *, before: uuid.UUID
-) -> dict[str, Any] | None:
-    """The report of the latest succeeded analysis of the repository queued before `before`, with its id."""
+async def _newest_report(conn: AsyncConnection, *which: sa.ColumnElement[bool]) -> dict[str, Any] | None:
     row = (
         await conn.execute(
-            sa.select(analyses.c.id, analyses.c.report)
-            .where(analyses.c.repository_id == repository_id, analyses.c.status == SUCCEEDED, analyses.c.id < before)
+            sa.select(analyses.c.id, analyses.c.ref, analyses.c.commit_sha, analyses.c.report)
+            .where(analyses.c.status == SUCCEEDED, analyses.c.report.is_not(None), *which)
             .order_by(analyses.c.id.desc())
             .limit(1)
         )
     ).first()
-    if row is None or row.report is None:
+    if row is None:
         return None
-    return {**row.report, "analysis_id": str(row.id)}
+    return {**row.report, "analysis_id": str(row.id), "ref": row.ref, "commit_sha": row.commit_sha}
+
+
+async def base_report(
+    conn: AsyncConnection, analysis: Analysis, *, default_branch: str
+) -> tuple[str, dict[str, Any] | None]:
+    """What `analysis` is compared with, and how (`previous`, `base` or `base_commit`): for the default branch, its
+    newest succeeded analysis before this one; for another branch or a pull request, the newest succeeded analysis of
+    the base branch (the default one unless named), that of the pull request's base commit when there is one."""
+    same_repository = analyses.c.repository_id == analysis.repository_id
+    if not analysis.compares_with_base(default_branch):
+        found = await _newest_report(
+            conn,
+            same_repository,
+            analyses.c.ref == analysis.ref,
+            analyses.c.pull_request.is_(None),
+            analyses.c.base_ref.is_(None),
+            analyses.c.id < analysis.id,
+        )
+        return "previous", found
+    base = analysis.base_ref or default_branch
+    of_base = (same_repository, analyses.c.ref == base, analyses.c.pull_request.is_(None), analyses.c.id != analysis.id)
+    if analysis.pull_request is not None and analysis.pull_request.base_sha:
+        found = await _newest_report(conn, *of_base, analyses.c.commit_sha == analysis.pull_request.base_sha)
+        if found is not None:
+            return "base_commit", found
+    return "base", await _newest_report(conn, *of_base)
+
+
+async def branches(
+    conn: AsyncConnection, repository_id: uuid.UUID, *, offset: int, limit: int
+) -> list[tuple[Analysis, dict[str, Any] | None]]:
+    """The repository's analysed branches (pull requests apart), by name: each one's newest analysis, and the quality
+    gate of its newest succeeded one (with that analysis's id)."""
+    branch = sa.and_(analyses.c.repository_id == repository_id, analyses.c.pull_request.is_(None))
+    newest = (
+        sa.select(*_ANALYSIS_COLUMNS)
+        .where(branch)
+        .distinct(analyses.c.ref)
+        .order_by(analyses.c.ref, analyses.c.id.desc())
+        .subquery("newest")
+    )
+    gated = (
+        sa.select(
+            analyses.c.ref,
+            analyses.c.id.label("gate_analysis_id"),
+            analyses.c.report["quality_gate"].label("gate"),
+        )
+        .where(branch, analyses.c.status == SUCCEEDED)
+        .distinct(analyses.c.ref)
+        .order_by(analyses.c.ref, analyses.c.id.desc())
+        .subquery("gated")
+    )
+    rows = (
+        await conn.execute(
+            sa.select(newest, gated.c.gate_analysis_id, gated.c.gate)
+            .select_from(newest.outerjoin(gated, gated.c.ref == newest.c.ref))
+            .order_by(newest.c.ref)
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    out = []
+    for row in rows:
+        gate = {**row.gate, "analysis_id": str(row.gate_analysis_id)} if row.gate is not None else None
+        out.append((_analysis(row), gate))
+    return out
+
+
+# GitHub webhooks (service scope, migration s0005)
+
+
+async def next_hook_generation(conn: AsyncConnection, *, repository_id: uuid.UUID, tenant_id: uuid.UUID) -> int:
+    """The repository's webhook secret, one generation on (the first is 1): the one before stops verifying."""
+    statement = insert(hook_targets).values(repository_id=repository_id, tenant_id=tenant_id, generation=1)
+    result = await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[hook_targets.c.repository_id],
+            set_={"generation": hook_targets.c.generation + 1},
+        ).returning(hook_targets.c.generation)
+    )
+    return int(result.scalar_one())
+
+
+async def hook_target(conn: AsyncConnection, repository_id: uuid.UUID) -> tuple[uuid.UUID, int] | None:
+    """Whose the repository is and its secret's generation; None when no secret was ever issued for it."""
+    query = sa.select(hook_targets.c.tenant_id, hook_targets.c.generation).where(
+        hook_targets.c.repository_id == repository_id
+    )
+    row = (await conn.execute(query)).first()
+    return (row.tenant_id, row.generation) if row else None
+
+
+async def forget_hook_targets(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID, repository_id: uuid.UUID | None = None
+) -> None:
+    query = hook_targets.delete().where(hook_targets.c.tenant_id == tenant_id)
+    if repository_id is not None:
+        query = query.where(hook_targets.c.repository_id == repository_id)
+    await conn.execute(query)
+
+
+async def first_delivery(conn: AsyncConnection, *, delivery_id: str, repository_id: uuid.UUID) -> bool:
+    """False when this delivery was received before (GitHub redelivers; an attacker may replay)."""
+    result = await conn.execute(
+        insert(hook_deliveries)
+        .values(delivery_id=delivery_id, repository_id=repository_id)
+        .on_conflict_do_nothing(index_elements=[hook_deliveries.c.delivery_id])
+        .returning(hook_deliveries.c.delivery_id)
+    )
+    return result.first() is not None
 
 
 # Leases: a worker's hold on a repository and on a place of a tenant's share (migration s0004)

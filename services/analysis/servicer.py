@@ -12,7 +12,7 @@ from libs.common.identity import caller
 from libs.common.pagination import encode_cursor
 from repolens.analysis.v1 import analysis_pb2, analysis_pb2_grpc
 from services.analysis import use_cases
-from services.analysis.domain import Analysis, Repository
+from services.analysis.domain import Analysis, PullRequest, Repository
 from services.analysis.use_cases import Analyses
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -48,6 +48,10 @@ def _analysis(analysis: Analysis) -> analysis_pb2.Analysis:
         message.started_at.CopyFrom(timestamp(analysis.started_at))
     if analysis.finished_at is not None:
         message.finished_at.CopyFrom(timestamp(analysis.finished_at))
+    if analysis.base_ref is not None:
+        message.base_ref = analysis.base_ref
+    if analysis.pull_request is not None:
+        message.pull_request.CopyFrom(analysis_pb2.PullRequest(**analysis.pull_request.to_dict()))
     return message
 
 
@@ -134,8 +138,16 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         self, request: analysis_pb2.StartAnalysisRequest, context: Context
     ) -> analysis_pb2.StartAnalysisResponse:
         claims = caller()
+        pull = request.pull_request
         analysis = await use_cases.start_analysis(
-            analyses=self._analyses, claims=claims, repository_id=request.repository_id, ref=request.ref
+            analyses=self._analyses,
+            claims=claims,
+            repository_id=request.repository_id,
+            ref=request.ref,
+            base_ref=request.base_ref,
+            pull_request=PullRequest(pull.number, pull.head_sha, pull.base_sha)
+            if request.HasField("pull_request")
+            else None,
         )
         return analysis_pb2.StartAnalysisResponse(analysis=_analysis(analysis))
 
@@ -212,3 +224,47 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         claims = caller()
         log = await use_cases.get_sarif(analyses=self._analyses, claims=claims, analysis_id=request.analysis_id)
         return analysis_pb2.GetSarifResponse(sarif=_json(log))
+
+    async def ListBranches(
+        self, request: analysis_pb2.ListBranchesRequest, context: Context
+    ) -> analysis_pb2.ListBranchesResponse:
+        rows, next_cursor = await use_cases.list_branches(
+            analyses=self._analyses,
+            claims=caller(),
+            repository_id=request.repository_id,
+            page_size=request.page_size,
+            cursor=request.page_token,
+        )
+        return analysis_pb2.ListBranchesResponse(
+            branches=[
+                analysis_pb2.Branch(
+                    ref=latest.ref, latest_analysis=_analysis(latest), quality_gate_json=_json(gate) if gate else b""
+                )
+                for latest, gate in rows
+            ],
+            next_page_token=next_cursor,
+        )
+
+    async def CreateWebhookSecret(
+        self, request: analysis_pb2.CreateWebhookSecretRequest, context: Context
+    ) -> analysis_pb2.CreateWebhookSecretResponse:
+        _, secret = await use_cases.create_webhook_secret(
+            analyses=self._analyses, claims=caller(), repository_id=request.repository_id
+        )
+        return analysis_pb2.CreateWebhookSecretResponse(secret=secret)
+
+    async def ReceiveGithubEvent(
+        self, request: analysis_pb2.ReceiveGithubEventRequest, context: Context
+    ) -> analysis_pb2.ReceiveGithubEventResponse:
+        outcome = await use_cases.receive_github_event(
+            analyses=self._analyses,
+            repository_id=request.repository_id,
+            event=request.event,
+            delivery_id=request.delivery_id,
+            signature=request.signature,
+            body=request.body,
+        )
+        reply = analysis_pb2.ReceiveGithubEventResponse(duplicate=outcome.duplicate, ignored=outcome.ignored)
+        if outcome.analysis is not None:
+            reply.analysis.CopyFrom(_analysis(outcome.analysis))
+        return reply

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from libs.common.pagination import Page, decode_cursor, page_limit, page_of
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
 from repolens.tenants.v1 import tenants_pb2
+from services.analysis import github
 from services.analysis import repository as repo
 from services.analysis.domain import (
     ANALYSIS_REQUESTED,
@@ -40,6 +42,7 @@ from services.analysis.domain import (
     STATUSES,
     SUCCEEDED,
     Analysis,
+    PullRequest,
     Repository,
     TenantConfig,
     invalid,
@@ -72,6 +75,7 @@ class Analyses:
     max_repositories: int = 1000
     max_queued_analyses: int = 100
     max_analyses_per_hour: int = 600
+    webhook_key: bytes = field(default=b"", repr=False)  # WEBHOOK_KEY: every repository's webhook secret is derived
 
 
 def tenant_head() -> str:
@@ -111,6 +115,7 @@ async def on_tenant_deleted(conn: AsyncConnection, envelope: events_pb2.EventEnv
     tenant_id = uuid.UUID(event.tenant_id)
     await repo.drop_tenant_schema(conn, tenant_id=tenant_id, schema=tenant_schema(tenant_id))
     await repo.forget_memberships(conn, tenant_id)
+    await repo.forget_hook_targets(conn, tenant_id=tenant_id)
     log.info("tenant_schema.dropped", tenant_id=str(tenant_id))
 
 
@@ -311,6 +316,7 @@ async def delete_repository(*, analyses: Analyses, claims: AccessClaims, reposit
     async with acting(analyses, claims, writes=True) as conn:
         current = await _repository(conn, repository_id)
         await repo.delete_repository(conn, current.id)
+        await repo.forget_hook_targets(conn, tenant_id=claims.tenant_id, repository_id=current.id)
 
 
 # Analyses
@@ -338,26 +344,160 @@ async def _check_analysis_quotas(conn: AsyncConnection, analyses: Analyses, tena
         )
 
 
-async def start_analysis(*, analyses: Analyses, claims: AccessClaims, repository_id: str, ref: str) -> Analysis:
-    """Queues an analysis and its job, within the tenant's quotas, in one transaction (the job leaves by the outbox)."""
+_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+def _checked_pull_request(pull_request: PullRequest | None) -> PullRequest | None:
+    if pull_request is None:
+        return None
+    if not 1 <= pull_request.number <= 2**31 - 1:
+        raise invalid("pull_request.number", "1-2147483647")
+    for name in ("head_sha", "base_sha"):
+        value = getattr(pull_request, name)
+        if value and not _SHA.fullmatch(value):
+            raise invalid(f"pull_request.{name}", "7-64 lower-case hexadecimal digits")
+    return pull_request
+
+
+async def start_analysis(
+    *,
+    analyses: Analyses,
+    claims: AccessClaims,
+    repository_id: str,
+    ref: str,
+    base_ref: str = "",
+    pull_request: PullRequest | None = None,
+) -> Analysis:
+    """Queues an analysis and its job, within the tenant's quotas, in one transaction (the job leaves by the outbox).
+    A branch other than the default one, or a pull request, is judged against `base_ref` (default: the default
+    branch)."""
+    checked_pull_request = _checked_pull_request(pull_request)
     async with acting(analyses, claims, writes=True) as conn:
         repository = await _repository(conn, repository_id)
-        checked = _checked_ref(ref, "ref") if ref else repository.default_branch
-        await _check_analysis_quotas(conn, analyses, claims.tenant_id)
-        analysis = await repo.add_analysis(conn, analysis_id=new_id(), repository_id=repository.id, ref=checked)
-        job = make_envelope(
-            event_type=ANALYSIS_REQUESTED,
-            tenant_id=str(claims.tenant_id),
+        return await _queue(
+            conn,
+            analyses,
+            tenant_id=claims.tenant_id,
             actor_id=str(claims.user_id),
-            request_id=structlog.contextvars.get_contextvars().get("request_id") or "",
-            payload=events_pb2.AnalysisRequested(
-                tenant_id=str(claims.tenant_id), analysis_id=str(analysis.id), repository_id=str(repository.id)
-            ),
+            repository=repository,
+            ref=_checked_ref(ref, "ref") if ref else repository.default_branch,
+            base_ref=_checked_ref(base_ref, "base_ref") if base_ref else None,
+            pull_request=checked_pull_request,
         )
-        await add_event(conn, repo.outbox, subject=JOBS_SUBJECT, envelope=job)
+
+
+async def _queue(
+    conn: AsyncConnection,
+    analyses: Analyses,
+    *,
+    tenant_id: uuid.UUID,
+    actor_id: str,
+    repository: Repository,
+    ref: str,
+    base_ref: str | None,
+    pull_request: PullRequest | None,
+    trigger: dict[str, str] | None = None,
+) -> Analysis:
+    await _check_analysis_quotas(conn, analyses, tenant_id)
+    analysis = await repo.add_analysis(
+        conn,
+        analysis_id=new_id(),
+        repository_id=repository.id,
+        ref=ref,
+        base_ref=base_ref,
+        pull_request=pull_request,
+        trigger=trigger,
+    )
+    job = make_envelope(
+        event_type=ANALYSIS_REQUESTED,
+        tenant_id=str(tenant_id),
+        actor_id=actor_id,
+        request_id=structlog.contextvars.get_contextvars().get("request_id") or "",
+        payload=events_pb2.AnalysisRequested(
+            tenant_id=str(tenant_id), analysis_id=str(analysis.id), repository_id=str(repository.id)
+        ),
+    )
+    await add_event(conn, repo.outbox, subject=JOBS_SUBJECT, envelope=job)
     metrics.ANALYSES.labels(state="queued").inc()
     log.info("analysis.queued", analysis_id=str(analysis.id))
     return analysis
+
+
+# GitHub webhooks
+
+
+async def create_webhook_secret(
+    *, analyses: Analyses, claims: AccessClaims, repository_id: str
+) -> tuple[Repository, str]:
+    """A new webhook secret for the repository (members and up); the one before stops verifying at once."""
+    async with acting(analyses, claims, writes=True) as conn:
+        repository = await _repository(conn, repository_id)
+        generation = await repo.next_hook_generation(conn, repository_id=repository.id, tenant_id=claims.tenant_id)
+    log.info("webhook_secret.issued", repository_id=str(repository.id), generation=generation)
+    secret = github.webhook_secret(
+        analyses.webhook_key, tenant_id=claims.tenant_id, repository_id=repository.id, generation=generation
+    )
+    return repository, secret
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    analysis: Analysis | None  # queued; None when the delivery asked for nothing or was seen before
+    duplicate: bool = False
+    ignored: str = ""
+
+
+async def receive_github_event(
+    *, analyses: Analyses, repository_id: str, event: str, delivery_id: str, signature: str, body: bytes
+) -> HookOutcome:
+    """A webhook delivery from GitHub: verified with the repository's derived secret, seen once, then the analysis
+    it asks for queued (a push to a branch, a pull request opened or updated). An unknown repository and a wrong
+    signature get the same refusal: the endpoint is public, and tells a guesser nothing."""
+    try:
+        wanted = uuid.UUID(repository_id)
+    except ValueError:
+        raise AppError(errors.WEBHOOK_SIGNATURE) from None
+    async with autocommit(analyses.engine).connect() as conn:
+        target = await repo.hook_target(conn, wanted)
+    if target is None:
+        raise AppError(errors.WEBHOOK_SIGNATURE)
+    tenant_id, generation = target
+    secret = github.webhook_secret(
+        analyses.webhook_key, tenant_id=tenant_id, repository_id=wanted, generation=generation
+    )
+    if not github.signature_matches(secret, body, signature):
+        raise AppError(errors.WEBHOOK_SIGNATURE)
+    if not delivery_id or len(delivery_id) > 100:
+        raise invalid("X-GitHub-Delivery", "1-100 characters")
+    asked = github.requested(event, body)
+    async with tenant_transaction(analyses.engine, tenant_id) as conn:
+        if not await repo.first_delivery(conn, delivery_id=delivery_id, repository_id=wanted):
+            return HookOutcome(None, duplicate=True)
+        if isinstance(asked, github.Ignored):
+            return HookOutcome(None, ignored=asked.reason)
+        repository = await repo.repository_by_id(conn, wanted)
+        if repository is None:  # deleted since its secret was issued
+            raise AppError(errors.WEBHOOK_SIGNATURE)
+        try:
+            ref = check_ref(asked.ref)
+            base_ref = check_ref(asked.base_ref) if asked.base_ref else None
+        except RepositoryUrlError:
+            return HookOutcome(None, ignored="a ref RepoLens does not analyse")
+        pull_request = asked.pull_request
+        if pull_request is not None and not (_SHA.fullmatch(pull_request.head_sha) and pull_request.number > 0):
+            return HookOutcome(None, ignored="not a pull request")
+        analysis = await _queue(
+            conn,
+            analyses,
+            tenant_id=tenant_id,
+            actor_id="github",
+            repository=repository,
+            ref=ref,
+            base_ref=base_ref,
+            pull_request=pull_request,
+            trigger={"kind": "github", "full_name": asked.full_name, "sha": asked.sha, "delivery": delivery_id},
+        )
+    return HookOutcome(analysis)
 
 
 async def list_analyses(
@@ -372,6 +512,21 @@ async def list_analyses(
             conn, repository_id=wanted, status=status, after=decode_cursor(cursor), limit=limit + 1
         )
     return page_of(rows, limit, lambda a: a.id)
+
+
+async def list_branches(
+    *, analyses: Analyses, claims: AccessClaims, repository_id: str, page_size: int, cursor: str
+) -> tuple[list[tuple[Analysis, dict[str, Any] | None]], str]:
+    """The repository's analysed branches by name, each with its newest analysis and the gate of its newest succeeded
+    one (offset cursors, as branches come and go between pages rarely)."""
+    limit = page_limit(page_size)
+    if cursor and not cursor.isdigit():
+        raise invalid("cursor", "not a cursor from this API")
+    offset = int(cursor) if cursor else 0
+    async with acting(analyses, claims) as conn:
+        repository = await _repository(conn, repository_id)
+        rows = await repo.branches(conn, repository.id, offset=offset, limit=limit + 1)
+    return rows[:limit], str(offset + limit) if len(rows) > limit else ""
 
 
 async def _analysis(conn: AsyncConnection, analysis_id: str, *, for_update: bool = False) -> Analysis:
@@ -507,10 +662,12 @@ async def record_progress(
         return await repo.record_progress(conn, claimed.analysis.id, progress=progress, step=step, timings=timings)
 
 
-async def previous_report(*, analyses: Analyses, claimed: Claim) -> dict[str, Any] | None:
-    """The report of the repository's latest succeeded analysis queued before this one (new and fixed findings)."""
+async def base_report(*, analyses: Analyses, claimed: Claim) -> dict[str, Any] | None:
+    """The report this analysis is compared with (new and fixed findings, the gate on new code), with how it was
+    chosen in `compared_with` (repository.base_report); None for the first of its kind."""
     async with tenant_transaction(analyses.engine, claimed.tenant_id) as conn:
-        return await repo.previous_report(conn, claimed.analysis.repository_id, before=claimed.analysis.id)
+        how, found = await repo.base_report(conn, claimed.analysis, default_branch=claimed.repository.default_branch)
+    return {**found, "compared_with": how} if found is not None else None
 
 
 async def succeed(

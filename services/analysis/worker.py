@@ -30,13 +30,14 @@ from libs.common.errors import AppError
 from libs.common.events import unpack
 from libs.common.logging import error_text
 from repolens.events.v1 import events_pb2
-from services.analysis import use_cases
+from services.analysis import github, use_cases
 from services.analysis.domain import JOBS_STREAM, JOBS_SUBJECT
 from services.analysis.engine import pipeline
 from services.analysis.engine.context import EngineSettings, Job, StepError
 from services.analysis.engine.fetch import FetchCancelled
 from services.analysis.engine.inventory import Cancelled
 from services.analysis.engine.scan import start_pool
+from services.analysis.github import CommitStatuses
 from services.analysis.jobs import ensure_jobs_stream
 from services.analysis.urls import RepositoryUrlError, check_repository_url
 from services.analysis.use_cases import Analyses, Claim
@@ -111,8 +112,12 @@ class Worker:
         engine_processes: int = 0,
         tenant_max_running: int = 2,
         job_max_deliveries: int = 1000,
+        statuses: CommitStatuses | None = None,
+        public_url: str = "http://localhost:8000",
     ):
         self._analyses = analyses
+        self._statuses = statuses
+        self._public_url = public_url.rstrip("/")
         self._js = js
         self._engine = engine
         self._concurrency = concurrency
@@ -295,9 +300,11 @@ class Worker:
             if run.lost:
                 return Settle.LATER  # another worker may run it now; its attempt counts, ours ends nothing
             await use_cases.cancelled(analyses=self._analyses, claimed=claimed, timings=run.timings)
+            await self._tell_github(claimed, "cancelled", None)
             return Settle.ACK
         except StepError as exc:
             await use_cases.fail(analyses=self._analyses, claimed=claimed, spec=exc.spec, timings=run.timings)
+            await self._tell_github(claimed, "failed", None)
             return Settle.ACK
         finally:
             metrics.ANALYSES_IN_PROGRESS.dec()
@@ -312,7 +319,29 @@ class Worker:
             timings=run.timings,
         )
         log.info("analysis.ended", status=status)
+        await self._tell_github(claimed, status, outcome.report)
         return Settle.ACK
+
+    async def _tell_github(self, claimed: Claim, status: str, report: dict[str, Any] | None) -> None:
+        """The commit status of an analysis a GitHub webhook queued, with the tenant's GitHub token; bounded by
+        GITHUB_TIMEOUT_S, and a failure only logged."""
+        trigger = claimed.analysis.trigger or {}
+        if self._statuses is None or trigger.get("kind") != "github":
+            return
+        try:
+            token = (await self._analyses.tenant_config(claimed.tenant_id)).github_token
+        except Exception as exc:
+            log.warning("github.status_failed", error=error_text(exc))
+            return
+        state, description = github.status_of(status, report)
+        await self._statuses.post(
+            token=token,
+            full_name=trigger.get("full_name", ""),
+            sha=trigger.get("sha", ""),
+            state=state,
+            description=description,
+            target_url=f"{self._public_url}/api/v2/analyses/{claimed.analysis.id}",
+        )
 
     async def _job(self, claimed: Claim) -> Job:
         analysis, repository = claimed.analysis, claimed.repository
@@ -325,7 +354,7 @@ class Worker:
             raise StepError(errors.REPOSITORY_URL_REFUSED) from None
 
         async def previous() -> dict[str, Any] | None:
-            return await use_cases.previous_report(analyses=self._analyses, claimed=claimed)
+            return await use_cases.base_report(analyses=self._analyses, claimed=claimed)
 
         return Job(
             repository={"id": str(repository.id), "name": repository.name, "url": repository.url},
@@ -333,6 +362,7 @@ class Worker:
             location=location,
             config=config,
             previous_report=previous,
+            judged_on_new_code=analysis.compares_with_base(repository.default_branch),
         )
 
     async def _watch(self, claimed: Claim, holder: str, run: Run) -> None:

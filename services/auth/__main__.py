@@ -41,7 +41,8 @@ SPEC = ServiceSpec(
         # The calls made before a user has a token come from the gateway only, where the rate limits and the
         # failed-login lock are: anything else that reaches this port cannot guess passwords (docs/architecture.md).
         services={
-            rpc_name(_AUTH, name): frozenset({"gateway"}) for name in ("Register", "Login", "RefreshTokens", "Logout")
+            rpc_name(_AUTH, name): frozenset({"gateway"})
+            for name in ("Register", "Login", "RefreshTokens", "Logout", "ExchangeAccessToken")
         },
     ),
     consumers=consumers.HANDLERS,
@@ -64,6 +65,7 @@ def build_auth(settings: AuthSettings, engine: AsyncEngine, fast_reads: FastRead
         audience=settings.jwt_audience,
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
+        access_token_max_days=settings.pat_max_days,
         refresh_reuse_grace_s=settings.refresh_reuse_grace_s,
     )
 

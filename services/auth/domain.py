@@ -7,7 +7,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from libs.common import errors
+from libs.common import access_tokens, errors
 from libs.common.errors import AppError
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,39}$")
@@ -109,3 +109,35 @@ class Me:
     tenant_id: uuid.UUID
     role: str
     session_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A personal access token of one user in one tenant; the token itself is never stored, only its hash."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    name: str
+    scopes: tuple[str, ...]
+    prefix: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+ACCESS_TOKEN_NAME_MAX = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+ACCESS_TOKENS_PER_USER_MAX = 100
+
+
+def validate_access_token_request(*, name: str, scopes: list[str], expires_in_days: int, max_days: int) -> None:
+    """Name, scopes and lifetime of a new token; every problem names its field."""
+    if not name or len(name) > ACCESS_TOKEN_NAME_MAX or _CONTROL.search(name):
+        raise invalid("name", f"1-{ACCESS_TOKEN_NAME_MAX} characters, no control characters")
+    unknown = sorted(set(scopes) - set(access_tokens.SCOPES))
+    if not scopes or unknown or len(set(scopes)) != len(scopes):
+        raise invalid("scopes", "one or more of " + ", ".join(access_tokens.SCOPES) + ", each once")
+    if not 1 <= expires_in_days <= max_days:
+        raise invalid("expires_in_days", f"1-{max_days}")

@@ -7,12 +7,13 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.consumer import inbox_table
 from libs.common.outbox import outbox_table
-from services.auth.domain import Membership, RefreshToken, Session, SigningKey, User
+from services.auth.domain import AccessToken, Membership, RefreshToken, Session, SigningKey, User
 
 SCHEMA = "auth"
 metadata = sa.MetaData()
@@ -76,6 +77,23 @@ memberships = sa.Table(
     sa.Column("personal", sa.Boolean),
     sa.Column("removed", sa.Boolean),
     sa.Column("version", sa.BigInteger),
+    schema=SCHEMA,
+)
+access_tokens = sa.Table(
+    "access_tokens",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.Uuid),
+    sa.Column("tenant_id", sa.Uuid),
+    sa.Column("name", sa.Text),
+    sa.Column("scopes", postgresql.ARRAY(sa.Text)),
+    sa.Column("prefix", sa.Text),
+    sa.Column("token_hash", sa.LargeBinary),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_reason", sa.Text),
     schema=SCHEMA,
 )
 outbox = outbox_table(metadata, SCHEMA)
@@ -416,3 +434,119 @@ async def set_sealed_private_key(conn: AsyncConnection, *, kid: str, private_key
 async def lock_keys(conn: AsyncConnection) -> None:
     """Serialises key creation across replicas for this transaction."""
     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('auth:signing_keys'))"))
+
+
+# Personal access tokens
+
+
+def _access_token(row: Any) -> AccessToken:
+    return AccessToken(
+        id=row.id,
+        user_id=row.user_id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        scopes=tuple(row.scopes),
+        prefix=row.prefix,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+_ACCESS_TOKEN_COLUMNS = [c for c in access_tokens.c if c.name not in ("token_hash", "revoked_reason")]
+
+
+async def live_access_token_count(conn: AsyncConnection, *, user_id: uuid.UUID, tenant_id: uuid.UUID) -> int:
+    query = sa.select(sa.func.count()).where(
+        access_tokens.c.user_id == user_id, access_tokens.c.tenant_id == tenant_id, access_tokens.c.revoked_at.is_(None)
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def add_access_token(conn: AsyncConnection, token: AccessToken, *, token_hash: bytes) -> AccessToken:
+    row = (
+        await conn.execute(
+            access_tokens.insert()
+            .values(
+                id=token.id,
+                user_id=token.user_id,
+                tenant_id=token.tenant_id,
+                name=token.name,
+                scopes=list(token.scopes),
+                prefix=token.prefix,
+                token_hash=token_hash,
+                created_at=token.created_at,
+                expires_at=token.expires_at,
+            )
+            .returning(*_ACCESS_TOKEN_COLUMNS)
+        )
+    ).one()
+    return _access_token(row)
+
+
+async def live_access_tokens(
+    conn: AsyncConnection, *, user_id: uuid.UUID, tenant_id: uuid.UUID, after: uuid.UUID | None, limit: int
+) -> list[AccessToken]:
+    """Not revoked (expired ones included, to show why a pipeline stopped), oldest first."""
+    query = sa.select(*_ACCESS_TOKEN_COLUMNS).where(
+        access_tokens.c.user_id == user_id, access_tokens.c.tenant_id == tenant_id, access_tokens.c.revoked_at.is_(None)
+    )
+    if after is not None:
+        query = query.where(access_tokens.c.id > after)
+    rows = (await conn.execute(query.order_by(access_tokens.c.id).limit(limit))).all()
+    return [_access_token(r) for r in rows]
+
+
+async def revoke_access_tokens(
+    conn: AsyncConnection,
+    *,
+    reason: str,
+    token_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+    tenant_id: uuid.UUID | None = None,
+) -> list[AccessToken]:
+    """Live tokens, by id, user and/or tenant (at least one given), revoked; the ones this ended."""
+    given = (
+        (access_tokens.c.id, token_id),
+        (access_tokens.c.user_id, user_id),
+        (access_tokens.c.tenant_id, tenant_id),
+    )
+    which = [column == value for column, value in given if value is not None]
+    if not which:
+        raise ValueError("name the tokens to revoke")
+    rows = (
+        await conn.execute(
+            access_tokens.update()
+            .where(*which, access_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=sa.func.now(), revoked_reason=reason)
+            .returning(*_ACCESS_TOKEN_COLUMNS)
+        )
+    ).all()
+    return [_access_token(r) for r in rows]
+
+
+# The exchange of a token (once per gateway process per ACCESS_TOKEN_TTL_S): the token, its user's state and the
+# user's current role in the token's tenant, in one round trip.
+ACCESS_TOKEN_WITH_ROLE = (
+    sa.select(*_ACCESS_TOKEN_COLUMNS, users.c.is_active, memberships.c.role.label("role"))
+    .select_from(
+        access_tokens.join(users, users.c.id == access_tokens.c.user_id).outerjoin(
+            memberships,
+            sa.and_(
+                memberships.c.user_id == access_tokens.c.user_id,
+                memberships.c.tenant_id == access_tokens.c.tenant_id,
+                memberships.c.removed.is_(False),
+            ),
+        )
+    )
+    .where(access_tokens.c.token_hash == sa.bindparam("token_hash", type_=sa.LargeBinary))
+)
+
+
+def access_token_with_role(row: Any) -> tuple[AccessToken, bool, str | None]:
+    return _access_token(row), bool(row.is_active), row.role
+
+
+async def touch_access_token(conn: AsyncConnection, token_id: uuid.UUID) -> None:
+    await conn.execute(access_tokens.update().where(access_tokens.c.id == token_id).values(last_used_at=sa.func.now()))

@@ -8,9 +8,10 @@ import grpc
 
 from libs.common.events import timestamp
 from libs.common.identity import caller
+from libs.common.pagination import encode_cursor
 from repolens.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth import use_cases
-from services.auth.domain import Tokens, User
+from services.auth.domain import AccessToken, Tokens, User
 from services.auth.use_cases import Auth
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -35,6 +36,21 @@ def _tokens(tokens: Tokens) -> auth_pb2.TokenPair:
         expires_in=tokens.expires_in,
         tenant_id=str(tokens.tenant_id),
     )
+
+
+def _access_token(token: AccessToken) -> auth_pb2.AccessToken:
+    message = auth_pb2.AccessToken(
+        id=str(token.id),
+        name=token.name,
+        scopes=list(token.scopes),
+        prefix=token.prefix,
+        created_at=timestamp(token.created_at),
+        expires_at=timestamp(token.expires_at),
+        tenant_id=str(token.tenant_id),
+    )
+    if token.last_used_at is not None:
+        message.last_used_at.CopyFrom(timestamp(token.last_used_at))
+    return message
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -85,3 +101,38 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Context) -> auth_pb2.GetJwksResponse:
         return auth_pb2.GetJwksResponse(keys=[auth_pb2.Jwk(**key) for key in self._auth.keyring.jwks])
+
+    async def CreateAccessToken(
+        self, request: auth_pb2.CreateAccessTokenRequest, context: Context
+    ) -> auth_pb2.CreateAccessTokenResponse:
+        created, token = await use_cases.create_access_token(
+            auth=self._auth,
+            claims=caller(),
+            name=request.name,
+            scopes=list(request.scopes),
+            expires_in_days=request.expires_in_days,
+        )
+        return auth_pb2.CreateAccessTokenResponse(access_token=_access_token(created), token=token)
+
+    async def ListAccessTokens(
+        self, request: auth_pb2.ListAccessTokensRequest, context: Context
+    ) -> auth_pb2.ListAccessTokensResponse:
+        page = await use_cases.list_access_tokens(
+            auth=self._auth, claims=caller(), page_size=request.page_size, cursor=request.page_token
+        )
+        return auth_pb2.ListAccessTokensResponse(
+            access_tokens=[_access_token(t) for t in page.items],
+            next_page_token=encode_cursor(page.next_cursor) if page.next_cursor else "",
+        )
+
+    async def RevokeAccessToken(
+        self, request: auth_pb2.RevokeAccessTokenRequest, context: Context
+    ) -> auth_pb2.RevokeAccessTokenResponse:
+        await use_cases.revoke_access_token(auth=self._auth, claims=caller(), access_token_id=request.access_token_id)
+        return auth_pb2.RevokeAccessTokenResponse()
+
+    async def ExchangeAccessToken(
+        self, request: auth_pb2.ExchangeAccessTokenRequest, context: Context
+    ) -> auth_pb2.ExchangeAccessTokenResponse:
+        access_token, expires_in = await use_cases.exchange_access_token(auth=self._auth, token=request.token)
+        return auth_pb2.ExchangeAccessTokenResponse(access_token=access_token, expires_in=expires_in)

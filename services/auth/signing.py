@@ -72,9 +72,22 @@ class Signer:
         self.ttl_s = ttl_s
 
     def access_token(
-        self, *, user_id: uuid.UUID, tenant_id: uuid.UUID, role: str, session_id: uuid.UUID, now: dt.datetime
+        self,
+        *,
+        user_id: uuid.UUID,
+        tenant_id: uuid.UUID,
+        role: str,
+        session_id: uuid.UUID,
+        now: dt.datetime,
+        scopes: tuple[str, ...] | None = None,
+        not_after: dt.datetime | None = None,
     ) -> str:
+        """A login's token (no `scp`: whatever the role allows), or a personal access token's exchange (`scp`, and
+        never valid past `not_after`, the personal token's own expiry)."""
         issued = int(now.timestamp())
+        expires = issued + self.ttl_s
+        if not_after is not None:
+            expires = min(expires, int(not_after.timestamp()))
         claims: dict[str, Any] = {
             "sub": str(user_id),
             "tid": str(tenant_id),
@@ -84,8 +97,10 @@ class Signer:
             "iss": self._issuer,
             "aud": self._audience,
             "iat": issued,
-            "exp": issued + self.ttl_s,
+            "exp": expires,
         }
+        if scopes is not None:
+            claims["scp"] = list(scopes)
         return jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
 

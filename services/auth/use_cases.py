@@ -12,22 +12,26 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.common import errors, metrics
+from libs.common import access_tokens, errors, metrics
 from libs.common.db import FastReads, autocommit
 from libs.common.errors import AppError
 from libs.common.event_types import SESSION_REVOKED, USER_ACTIVATED, USER_DEACTIVATED, USER_REGISTERED, EventType
 from libs.common.events import new_id, propagated, timestamp, unpack
 from libs.common.outbox import emit
+from libs.common.pagination import Page, decode_cursor, page_limit, page_of
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
 from services.auth import repository as repo
 from services.auth import signing
 from services.auth.domain import (
+    ACCESS_TOKENS_PER_USER_MAX,
+    AccessToken,
     Me,
     Membership,
     Session,
     Tokens,
     User,
+    validate_access_token_request,
     validate_registration,
 )
 from services.auth.passwords import Passwords
@@ -57,6 +61,7 @@ class Auth:
     refresh_ttl_s: int
     # A spent refresh token used again this soon is a concurrent refresh (two tabs, two CI jobs), not a theft.
     refresh_reuse_grace_s: float = 10.0
+    access_token_max_days: int = 366
     keyring: Keyring = field(default_factory=Keyring)
     reads: AsyncEngine = field(init=False)
 
@@ -356,6 +361,7 @@ async def set_user_active(*, auth: Auth, username: str, active: bool) -> User:
             await _emit(conn, event=USER_ACTIVATED, payload=events_pb2.UserActivated(user_id=str(user.id)))
         else:
             await repo.revoke_user_sessions(conn, user_id=user.id, reason="user_deactivated")
+            await repo.revoke_access_tokens(conn, user_id=user.id, reason="user_deactivated")
             await _emit(
                 conn,
                 event=USER_DEACTIVATED,
@@ -363,6 +369,122 @@ async def set_user_active(*, auth: Auth, username: str, active: bool) -> User:
             )
     log.info("user.activated" if active else "user.deactivated", user_id=str(user.id))
     return user
+
+
+# Personal access tokens
+
+
+async def create_access_token(
+    *, auth: Auth, claims: AccessClaims, name: str, scopes: list[str], expires_in_days: int
+) -> tuple[AccessToken, str]:
+    """A token of the caller's in the caller's tenant, and the token itself (returned this once)."""
+    name = name.strip()
+    validate_access_token_request(
+        name=name, scopes=scopes, expires_in_days=expires_in_days, max_days=auth.access_token_max_days
+    )
+    user, session, _ = await _live_session(auth=auth, claims=claims)
+    token = access_tokens.new_token()
+    now = _now()
+    async with auth.engine.begin() as conn:
+        # One at a time per user: the count below cannot be raced past.
+        await conn.execute(sa.select(repo.users.c.id).where(repo.users.c.id == user.id).with_for_update())
+        if (
+            await repo.live_access_token_count(conn, user_id=user.id, tenant_id=session.tenant_id)
+            >= ACCESS_TOKENS_PER_USER_MAX
+        ):
+            raise AppError(errors.TOO_MANY_ACCESS_TOKENS)
+        created = await repo.add_access_token(
+            conn,
+            AccessToken(
+                id=new_id(),
+                user_id=user.id,
+                tenant_id=session.tenant_id,
+                name=name,
+                scopes=tuple(sorted(scopes)),
+                prefix=token[: access_tokens.SHOWN],
+                created_at=now,
+                expires_at=now + dt.timedelta(days=expires_in_days),
+                last_used_at=None,
+                revoked_at=None,
+            ),
+            token_hash=access_tokens.token_hash(token),
+        )
+    log.info("access_token.created", access_token_id=str(created.id), scopes=list(created.scopes))
+    return created, token
+
+
+async def list_access_tokens(*, auth: Auth, claims: AccessClaims, page_size: int, cursor: str) -> Page[AccessToken]:
+    limit = page_limit(page_size)
+    user, session, _ = await _live_session(auth=auth, claims=claims)
+    async with auth.reads.connect() as conn:
+        rows = await repo.live_access_tokens(
+            conn, user_id=user.id, tenant_id=session.tenant_id, after=decode_cursor(cursor), limit=limit + 1
+        )
+    return page_of(rows, limit, lambda t: t.id)
+
+
+async def _ended(conn: AsyncConnection, tokens: list[AccessToken]) -> None:
+    """Tells every verifier that these tokens are over: their exchanged access tokens carry the token's id as the
+    session, so the deny-list of sessions ends them within a second."""
+    for token in tokens:
+        await _emit(
+            conn,
+            event=SESSION_REVOKED,
+            actor_id=str(token.user_id),
+            tenant_id=str(token.tenant_id),
+            payload=events_pb2.SessionRevoked(
+                session_id=str(token.id), user_id=str(token.user_id), expires_at=timestamp(token.expires_at)
+            ),
+        )
+
+
+async def revoke_access_token(*, auth: Auth, claims: AccessClaims, access_token_id: str) -> None:
+    """Revokes one of the caller's tokens in the caller's tenant; anyone else's id is not found."""
+    try:
+        token_id = uuid.UUID(access_token_id)
+    except ValueError:
+        raise AppError(errors.ACCESS_TOKEN_NOT_FOUND) from None
+    user, session, _ = await _live_session(auth=auth, claims=claims)
+    async with auth.engine.begin() as conn:
+        ended = await repo.revoke_access_tokens(
+            conn, token_id=token_id, user_id=user.id, tenant_id=session.tenant_id, reason="revoked"
+        )
+        if not ended:
+            raise AppError(errors.ACCESS_TOKEN_NOT_FOUND)
+        await _ended(conn, ended)
+    log.info("access_token.revoked", access_token_id=str(token_id))
+
+
+async def exchange_access_token(*, auth: Auth, token: str) -> tuple[str, int]:
+    """A short-lived access token for a live personal access token: signed with the creator's current role, the
+    token's scopes and its id as the session, never valid past the token's expiry. Anything else is the same
+    invalid-token error, whatever was wrong: the answer tells a guesser nothing."""
+    if not access_tokens.looks_like_token(token):
+        raise AppError(errors.INVALID_TOKEN)
+    async with auth.reads.connect() as conn:
+        row = (await conn.execute(repo.ACCESS_TOKEN_WITH_ROLE, {"token_hash": access_tokens.token_hash(token)})).first()
+    if row is None:
+        raise AppError(errors.INVALID_TOKEN)
+    found, user_active, role = repo.access_token_with_role(row)
+    now = _now()
+    if found.revoked_at is not None or found.expires_at <= now or not user_active or role is None:
+        raise AppError(errors.INVALID_TOKEN)
+    signer = auth.keyring.signer
+    if signer is None:
+        raise AppError(errors.KEYS_UNAVAILABLE)
+    access_token = signer.access_token(
+        user_id=found.user_id,
+        tenant_id=found.tenant_id,
+        role=role,
+        session_id=found.id,
+        now=now,
+        scopes=found.scopes,
+        not_after=found.expires_at,
+    )
+    async with auth.engine.begin() as conn:
+        await repo.touch_access_token(conn, found.id)
+    expires_in = min(auth.access_ttl_s, int((found.expires_at - now).total_seconds()))
+    return access_token, max(expires_in, 0)
 
 
 # Membership projection
@@ -373,6 +495,7 @@ async def apply_tenant_deleted(conn: AsyncConnection, envelope: events_pb2.Event
     event = unpack(envelope, events_pb2.TenantDeleted)
     tenant_id = uuid.UUID(event.tenant_id)
     await repo.revoke_tenant_sessions(conn, tenant_id=tenant_id, reason="tenant_deleted")
+    await repo.revoke_access_tokens(conn, tenant_id=tenant_id, reason="tenant_deleted")
     await repo.forget_tenant(conn, tenant_id)
 
 
@@ -381,6 +504,9 @@ async def apply_membership_changed(conn: AsyncConnection, envelope: events_pb2.E
     event = unpack(envelope, events_pb2.MembershipChanged)
     if event.removed:
         await repo.revoke_tenant_sessions(
+            conn, tenant_id=uuid.UUID(event.tenant_id), user_id=uuid.UUID(event.user_id), reason="membership_removed"
+        )
+        await repo.revoke_access_tokens(
             conn, tenant_id=uuid.UUID(event.tenant_id), user_id=uuid.UUID(event.user_id), reason="membership_removed"
         )
     await repo.upsert_membership(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.common import access_tokens
 from libs.common.config import MigrationSettings, TenantsSettings, decode_master_key
 from libs.common.db import create_engine
 from libs.common.error_reporting import configure_error_reporting
@@ -25,15 +26,20 @@ from services.tenants.servicer import TenantsInternalServicer, TenantsServicer
 from services.tenants.use_cases import Tenants
 
 _INTERNAL = tenants_pb2.DESCRIPTOR.services_by_name["TenantsInternalService"]
+_TENANTS = tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"]
 SPEC = ServiceSpec(
     name="tenants",
     schema=repository.SCHEMA,
     migrations=Path(__file__).parent / "migrations",
     outbox=repository.outbox,
     inbox=repository.inbox,
-    grpc_service_names=[tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"].full_name, _INTERNAL.full_name],
+    grpc_service_names=[_TENANTS.full_name, _INTERNAL.full_name],
     # Every internal RPC is for the analysis service alone; TenantsService takes users' tokens.
-    access=Access(services={rpc_name(_INTERNAL, m.name): frozenset({"analysis"}) for m in _INTERNAL.methods}),
+    access=Access(
+        services={rpc_name(_INTERNAL, m.name): frozenset({"analysis"}) for m in _INTERNAL.methods},
+        # A personal access token reads the settings and nothing else of the tenant's administration.
+        scopes={rpc_name(_TENANTS, "GetSettings"): access_tokens.SETTINGS_READ},
+    ),
     consumers=consumers.HANDLERS,
 )
 

@@ -95,6 +95,25 @@ class QualityGate:
     max_high_findings: int = 0
     max_secrets: int = 0
     max_file_lines: int = 1000
+    # New code, "clean as you code": a branch or pull request adds no high-severity finding, no complex function and no
+    # secret to its base (the findings whose fingerprints the base analysis does not have).
+    max_new_high_findings: int = 0
+    max_new_complex_functions: int = 0
+    max_new_secrets: int = 0
+    # Which conditions decide the gate of a branch or pull request; the default branch is always judged overall.
+    branch_gate: str = "new_code"
+
+
+BRANCH_GATES = ("new_code", "overall", "both")
+GATE_LIMITS = (
+    "max_function_complexity",
+    "max_high_findings",
+    "max_secrets",
+    "max_file_lines",
+    "max_new_high_findings",
+    "max_new_complex_functions",
+    "max_new_secrets",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +163,13 @@ def validate_hosts(hosts: list[str]) -> tuple[str, ...]:
 
 
 def validate_quality_gate(gate: QualityGate) -> QualityGate:
-    for name in ("max_function_complexity", "max_high_findings", "max_secrets", "max_file_lines"):
+    for name in GATE_LIMITS:
         if not 0 <= getattr(gate, name) <= 1_000_000:
             raise invalid(f"quality_gate.{name}", "0-1000000")
     if gate.max_function_complexity < 1 or gate.max_file_lines < 1:
         raise invalid("quality_gate", "max_function_complexity and max_file_lines must be at least 1")
+    if gate.branch_gate not in BRANCH_GATES:
+        raise invalid("quality_gate.branch_gate", " or ".join(BRANCH_GATES))
     return gate
 
 
@@ -182,6 +203,9 @@ RULES = (
     "force within a second of the change), and auth puts the current role in every token it issues and in "
     "`GET /auth/me`.",
     "Analyses: members and up create, change and delete repositories and queue and cancel analyses; viewers read.",
+    "A personal access token does what its scopes name and its creator's current role allows, no more; it never "
+    "administers the tenant (members, invitations, renaming, deleting, changing settings) nor manages tokens "
+    "(docs/tokens.md).",
 )
 
 

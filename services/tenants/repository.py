@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Any
@@ -452,12 +453,7 @@ async def save_settings(conn: AsyncConnection, value: Settings) -> dt.datetime:
         "secrets": _secrets_to_json(value.secrets),
         "llm_provider": value.llm_provider,
         "llm_model": value.llm_model,
-        "quality_gate": {
-            "max_function_complexity": gate.max_function_complexity,
-            "max_high_findings": gate.max_high_findings,
-            "max_secrets": gate.max_secrets,
-            "max_file_lines": gate.max_file_lines,
-        },
+        "quality_gate": dataclasses.asdict(gate),
         "allowed_hosts": list(value.allowed_hosts),
         "updated_at": sa.func.now(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ from libs.common.identity import caller
 from libs.common.pagination import encode_cursor
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.tenants import use_cases
-from services.tenants.domain import Invitation, Member, QualityGate, Settings, TenantMembership
+from services.tenants.domain import GATE_LIMITS, Invitation, Member, QualityGate, Settings, TenantMembership
 from services.tenants.use_cases import Tenants
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -58,12 +59,7 @@ def _invitation(invitation: Invitation, *, token: str = "") -> tenants_pb2.Invit
 
 
 def _gate(gate: QualityGate) -> tenants_pb2.QualityGate:
-    return tenants_pb2.QualityGate(
-        max_function_complexity=gate.max_function_complexity,
-        max_high_findings=gate.max_high_findings,
-        max_secrets=gate.max_secrets,
-        max_file_lines=gate.max_file_lines,
-    )
+    return tenants_pb2.QualityGate(**dataclasses.asdict(gate))
 
 
 def _secret_view(settings: Settings, name: str) -> tenants_pb2.SecretView:
@@ -210,10 +206,7 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
         # A gate named in `fields` but not sent goes back to the defaults.
         values["quality_gate"] = (
             QualityGate(
-                max_function_complexity=gate.max_function_complexity,
-                max_high_findings=gate.max_high_findings,
-                max_secrets=gate.max_secrets,
-                max_file_lines=gate.max_file_lines,
+                **{name: getattr(gate, name) for name in GATE_LIMITS}, branch_gate=gate.branch_gate or "new_code"
             )
             if request.HasField("quality_gate")
             else None

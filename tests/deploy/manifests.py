@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings
 
 from libs.common.config import (
     AnalysisSettings,
+    AnalysisWorkerSettings,
     AuthSettings,
     CommonSettings,
     GatewaySettings,
@@ -41,7 +42,7 @@ SETTINGS: dict[str, type[CommonSettings]] = {
     "auth": AuthSettings,
     "tenants": TenantsSettings,
     "analysis": AnalysisSettings,
-    "worker": AnalysisSettings,
+    "worker": AnalysisWorkerSettings,
 }
 GRPC_SERVICES = ("auth", "tenants", "analysis")
 COMPONENTS = tuple(SETTINGS)

@@ -27,6 +27,8 @@ PUBLIC = {
     ("GET", "/api/v2/auth/me"),
     ("GET", "/api/v2/tenants"),
     ("POST", "/api/v2/tenants"),
+    # No token: GitHub signs the delivery with the repository's secret (tests/e2e/test_github.py).
+    ("POST", "/api/v2/hooks/github/{repository_id}"),
 }
 
 
@@ -66,6 +68,9 @@ ROUTES = [
     Route("GET", "/api/v2/tenants/current/invitations"),
     Route("DELETE", "/api/v2/tenants/current/invitations/{a_invitation_id}", addressed=True),
     Route("POST", "/api/v2/auth/switch-tenant", {"tenant_id": "{a_tenant_id}"}, addressed=True),
+    Route("POST", "/api/v2/tokens", {"name": "b-token", "scopes": ["analysis:read"], "expires_in_days": 1}),
+    Route("GET", "/api/v2/tokens"),
+    Route("DELETE", "/api/v2/tokens/{a_token_id}", addressed=True),
     Route("GET", "/api/v2/settings"),
     Route("PATCH", "/api/v2/settings", {"llm_model": "changed-by-b"}),
     Route("POST", "/api/v2/repositories", {"name": "b-repo", "url": "https://github.com/b/repo"}),
@@ -74,6 +79,8 @@ ROUTES = [
     Route("PATCH", "/api/v2/repositories/{a_repository_id}", {"name": "taken-by-b"}, addressed=True),
     Route("DELETE", "/api/v2/repositories/{a_repository_id}", addressed=True),
     Route("POST", "/api/v2/repositories/{a_repository_id}/analyses", {}, addressed=True),
+    Route("GET", "/api/v2/repositories/{a_repository_id}/branches", addressed=True),
+    Route("POST", "/api/v2/repositories/{a_repository_id}/webhook-secret", addressed=True),
     Route("GET", "/api/v2/analyses"),
     Route("GET", "/api/v2/analyses/{a_analysis_id}", addressed=True),
     Route("POST", "/api/v2/analyses/{a_analysis_id}/cancel", addressed=True),
@@ -101,6 +108,7 @@ class TwoTenants:
             "repositories": expect(owner.get("/api/v2/repositories"), 200),
             "analyses": expect(owner.get("/api/v2/analyses"), 200),
             "invitations": expect(owner.get("/api/v2/tenants/current/invitations"), 200),
+            "tokens": expect(owner.get("/api/v2/tokens"), 200),
         }
 
     def a_markers(self) -> list[str]:
@@ -114,6 +122,7 @@ class TwoTenants:
             r["name"] for r in snapshot["repositories"]["items"]
         ]
         markers += [a["id"] for a in snapshot["analyses"]["items"]]
+        markers += [t["id"] for t in snapshot["tokens"]["items"]]
         return markers
 
 
@@ -142,6 +151,9 @@ def two_tenants(client: httpx.Client) -> TwoTenants:
         assert time.monotonic() < deadline, "tenant A's analysis never succeeded"
         time.sleep(0.2)
     pending = invitation(a_owner, outsider, "viewer")
+    token = expect(
+        a_owner.post("/api/v2/tokens", json={"name": "a-ci", "scopes": ["analysis:read"], "expires_in_days": 1}), 201
+    )
     values = {
         "a_tenant_id": a.tenant_id,
         "a_member_id": a["member"].user_id,
@@ -149,5 +161,6 @@ def two_tenants(client: httpx.Client) -> TwoTenants:
         "a_invitation_id": pending["id"],
         "a_repository_id": repository["id"],
         "a_analysis_id": analysis["id"],
+        "a_token_id": token["id"],
     }
     return TwoTenants(a=a, b=b, values=values)

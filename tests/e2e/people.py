@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -9,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from libs.devstack.stack import Stack
 
 PASSWORD = "testpass123"
 
@@ -150,3 +154,16 @@ def organisation(client: httpx.Client, roles: tuple[str, ...] = ("owner", "admin
         if role != "owner":
             org.people[role] = join(owner, register(client), role)
     return org
+
+
+def deactivate(stack: Stack, username: str) -> None:
+    """`python -m services.auth users deactivate USERNAME`, the operator's command, against the stack."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.auth", "users", "deactivate", username],
+        env=stack.env("auth"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

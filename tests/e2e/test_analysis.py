@@ -103,8 +103,14 @@ def test_analyse_a_local_repository_end_to_end(client: httpx.Client, tmp_path: P
     second = expect(person.get(f"/api/v2/analyses/{again['id']}/report"), 200)
     assert second["complexity"]["files_parsed"] == 3
     assert second["complexity"]["files_reused"] == 3
-    for section in ("inventory", "secrets", "dependencies", "hotspots", "findings", "quality_gate"):
+    for section in ("inventory", "secrets", "dependencies", "hotspots", "findings"):
         assert second[section] == report[section], section
+    # The same verdict; only the second has a previous analysis to tell new code by (and none is new).
+    assert {k: v for k, v in second["quality_gate"].items() if k != "new_code"} == {
+        k: v for k, v in report["quality_gate"].items() if k != "new_code"
+    }
+    assert report["quality_gate"]["new_code"] is None
+    assert second["quality_gate"]["new_code"]["status"] == "passed"
     assert {k: v for k, v in second["complexity"].items() if k != "files_reused"} == {
         k: v for k, v in report["complexity"].items() if k != "files_reused"
     }
@@ -251,7 +257,14 @@ def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: h
     assert [(f["rule_id"], f["path"]) for f in first["findings"]] == [("size.file", "a.py")]
     assert first["quality_gate"]["status"] == "failed"
     assert first["quality_gate"]["failed"] == ["max_file_lines"]
-    assert first["changes"] == {"base_analysis_id": None, "new": [], "fixed": []}
+    assert first["changes"] == {
+        "base_analysis_id": None,
+        "new": [],
+        "fixed": [],
+        "compared_with": None,
+        "base_ref": None,
+        "base_commit_sha": None,
+    }
     assert first["review"]["provider"] == "rules"
     assert "The quality gate failed on: max_file_lines." in first["review"]["text"]
 
@@ -268,6 +281,7 @@ def test_findings_quality_gate_and_changes_since_the_previous_analysis(client: h
     assert [f["path"] for f in second["changes"]["new"]] == ["b.py"]
     assert [f["path"] for f in second["changes"]["fixed"]] == ["a.py"]
     assert second["changes"]["base_analysis_id"] == first["id"]
+    assert second["changes"]["compared_with"] == "previous"
     new_only = expect(person.get(f"/api/v2/analyses/{second['id']}/findings", params={"new": "true"}), 200)
     assert [(f["path"], f["new"]) for f in new_only["items"]] == [("b.py", True)]
     by_rule = expect(person.get(f"/api/v2/analyses/{second['id']}/findings", params={"rule": "size.file"}), 200)

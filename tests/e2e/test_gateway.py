@@ -7,8 +7,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from libs.devstack.stack import Stack
 from repolens.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from services.auth import signing
 from services.auth.domain import SigningKey
+from tests.e2e.people import deactivate
 
 PASSWORD = "testpass123"
 
@@ -196,15 +195,7 @@ def test_deactivated_users_tokens_stop_working(client: httpx.Client, stack: Stac
     user = register(client)
     token = login(client, user["username"])["access_token"]
     assert client.get("/api/v2/tenants", headers=bearer(token)).status_code == 200
-    done = subprocess.run(
-        [sys.executable, "-m", "services.auth", "users", "deactivate", user["username"]],
-        env=stack.env("auth"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    deactivate(stack, user["username"])
     time.sleep(1.0)
     for path in ("/api/v2/auth/me", "/api/v2/tenants"):
         response = client.get(path, headers=bearer(token))

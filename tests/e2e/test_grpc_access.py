@@ -47,7 +47,10 @@ METHODS = [
 ]
 # What may be called without a user's token: the only public RPC, and those that take a service's credential.
 PUBLIC = {"/repolens.auth.v1.AuthService/GetJwks"}
-GATEWAY_ONLY = {f"/repolens.auth.v1.AuthService/{name}" for name in ("Register", "Login", "RefreshTokens", "Logout")}
+GATEWAY_ONLY = {
+    f"/repolens.auth.v1.AuthService/{name}"
+    for name in ("Register", "Login", "RefreshTokens", "Logout", "ExchangeAccessToken")
+} | {"/repolens.analysis.v1.AnalysisService/ReceiveGithubEvent"}
 ANALYSIS_ONLY = {
     f"/repolens.tenants.v1.TenantsInternalService/{m.name}"
     for m in tenants_pb2.DESCRIPTOR.services_by_name["TenantsInternalService"].methods

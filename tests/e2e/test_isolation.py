@@ -50,7 +50,7 @@ def test_other_tenants_token_gets_nothing(route: Route, world: TwoTenants, clien
     response = route.call(caller, world.values)
     if route.addressed:
         assert response.status_code == 404, response.text
-        assert error_code(response).startswith(("ERR_TENANT_", "ERR_REPO_", "ERR_ANALYSIS_"))
+        assert error_code(response).startswith(("ERR_TENANT_", "ERR_REPO_", "ERR_ANALYSIS_", "ERR_AUTH_014"))
     else:
         assert response.status_code < 400 or response.status_code == 409, response.text
     for marker in markers:

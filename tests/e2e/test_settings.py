@@ -54,6 +54,10 @@ def test_defaults_are_sensible(client: httpx.Client) -> None:
         "max_high_findings": 0,
         "max_secrets": 0,
         "max_file_lines": 1000,
+        "max_new_high_findings": 0,
+        "max_new_complex_functions": 0,
+        "max_new_secrets": 0,
+        "branch_gate": "new_code",
     }
     assert settings["github_token"] == {"set": False, "masked": None}
 
@@ -68,7 +72,17 @@ def test_patch_changes_only_named_fields_and_validates(client: httpx.Client) -> 
         ),
         200,
     )
-    assert changed["quality_gate"] == gate
+    # Fields of the gate left out take their defaults.
+    assert changed["quality_gate"] == {
+        **gate,
+        "max_new_high_findings": 0,
+        "max_new_complex_functions": 0,
+        "max_new_secrets": 0,
+        "branch_gate": "new_code",
+    }
+    full: dict[str, int | str] = {**gate, "max_new_high_findings": 1, "max_new_complex_functions": 2}
+    full.update({"max_new_secrets": 0, "branch_gate": "both"})
+    assert expect(owner.patch("/api/v2/settings", json={"quality_gate": full}), 200)["quality_gate"] == full
     assert changed["allowed_hosts"] == ["gitlab.com", "github.com"]
     model_only = expect(owner.patch("/api/v2/settings", json={"llm_model": "gpt-5"}), 200)
     assert (model_only["llm_provider"], model_only["llm_model"]) == ("openai", "gpt-5")
@@ -76,6 +90,8 @@ def test_patch_changes_only_named_fields_and_validates(client: httpx.Client) -> 
         {"llm_provider": "mistral"},
         {"allowed_hosts": ["https://github.com"]},
         {"quality_gate": {"max_function_complexity": 0, "max_high_findings": 0, "max_secrets": 0, "max_file_lines": 1}},
+        {"quality_gate": {**gate, "branch_gate": "sometimes"}},
+        {"quality_gate": {**gate, "max_new_secrets": -1}},
         {"unknown": 1},
         {"github_token": "has spaces in it"},
     ):

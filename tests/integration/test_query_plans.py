@@ -10,6 +10,7 @@ in the same transaction (then rolled back). A new repository function that this 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import inspect
 import json
@@ -37,10 +38,10 @@ from libs.common.outbox import OutboxRelay
 from libs.devstack.servers import EmbeddedNats
 from repolens.events.v1 import events_pb2
 from services.analysis import repository as analysis_repo
-from services.analysis.domain import Repository, tenant_schema
+from services.analysis.domain import PullRequest, Repository, tenant_schema
 from services.analysis.use_cases import SERVICE_MIGRATIONS, tenant_head, upgrade_tenant_schema
 from services.auth import repository as auth_repo
-from services.auth.domain import Membership, Session, User
+from services.auth.domain import AccessToken, Membership, Session, User
 from services.tenants import repository as tenants_repo
 from services.tenants.domain import Invitation, Secret, Settings
 from tests.conftest import scratch_database
@@ -423,6 +424,18 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         id=uuid.uuid4(), user_id=user_id, tenant_id=tenant_id, expires_at=later, revoked_at=None, family_id=uuid.uuid4()
     )
     membership = Membership(user_id=user_id, tenant_id=tenant_id, role="admin", personal=False, version=5)
+    token = AccessToken(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        tenant_id=tenant_id,
+        name="ci",
+        scopes=("analysis:read",),
+        prefix="rlp_abcd",
+        created_at=dt.datetime.now(dt.UTC),
+        expires_at=later,
+        last_used_at=None,
+        revoked_at=None,
+    )
     r = auth_repo
     checks: dict[str, Call] = {
         "auth.username_or_email_taken": lambda c: r.username_or_email_taken(
@@ -457,6 +470,18 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         "auth.retire_signing_keys": lambda c: r.retire_signing_keys(c, except_kid="k"),
         "auth.set_sealed_private_key": lambda c: r.set_sealed_private_key(c, kid="k", private_key_encrypted=b"s"),
         "auth.lock_keys": r.lock_keys,
+        "auth.live_access_token_count": lambda c: r.live_access_token_count(c, user_id=user_id, tenant_id=tenant_id),
+        "auth.add_access_token": lambda c: r.add_access_token(c, token, token_hash=b"pat-hash"),
+        "auth.live_access_tokens": lambda c: r.live_access_tokens(
+            c, user_id=user_id, tenant_id=tenant_id, after=token.id, limit=51
+        ),
+        "auth.revoke_access_tokens": lambda c: r.revoke_access_tokens(
+            c, token_id=token.id, user_id=user_id, tenant_id=tenant_id, reason="revoked"
+        ),
+        "auth.revoke_access_tokens[user]": lambda c: r.revoke_access_tokens(c, user_id=user_id, reason="deactivated"),
+        "auth.revoke_access_tokens[tenant]": lambda c: r.revoke_access_tokens(c, tenant_id=tenant_id, reason="deleted"),
+        "auth.touch_access_token": lambda c: r.touch_access_token(c, token.id),
+        "auth.ACCESS_TOKEN_WITH_ROLE": lambda c: c.execute(r.ACCESS_TOKEN_WITH_ROLE, {"token_hash": b"pat-hash"}),
     }
     for label, call in checks.items():
         await plans.check(label, call)
@@ -545,6 +570,14 @@ async def test_tenants_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pat
     assert_clean(plans, tenants_repo, "tenants")
 
 
+async def _base_report(conn: AsyncConnection, analysis_id: uuid.UUID, *, of_a_pull_request: bool) -> object:
+    found = await analysis_repo.analysis_by_id(conn, analysis_id)
+    assert found is not None
+    if of_a_pull_request:
+        found = dataclasses.replace(found, ref="feature", pull_request=PullRequest(1, "a" * 40, "b" * 40))
+    return await analysis_repo.base_report(conn, found, default_branch="main")
+
+
 async def test_analysis_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: Path) -> None:
     r = analysis_repo
     schema, repository_id, analysis_id = seeded.schema, seeded.repository_id, seeded.analysis_id
@@ -618,7 +651,18 @@ async def test_analysis_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pa
         "analysis.finish": lambda c: r.finish(c, analysis_id, status="failed", timings={}, error_code="E"),
         "analysis.request_cancel": lambda c: r.request_cancel(c, analysis_id),
         "analysis.report_of": lambda c: r.report_of(c, analysis_id),
-        "analysis.previous_report": lambda c: r.previous_report(c, repository_id, before=analysis_id),
+        "analysis.base_report[default branch]": lambda c: _base_report(c, analysis_id, of_a_pull_request=False),
+        "analysis.base_report[pull request]": lambda c: _base_report(c, analysis_id, of_a_pull_request=True),
+        "analysis.branches": lambda c: r.branches(c, repository_id, offset=0, limit=51),
+        "analysis.next_hook_generation": lambda c: r.next_hook_generation(
+            c, repository_id=repository_id, tenant_id=seeded.tenant_id
+        ),
+        "analysis.hook_target": lambda c: r.hook_target(c, repository_id),
+        "analysis.forget_hook_targets": lambda c: r.forget_hook_targets(c, tenant_id=seeded.tenant_id),
+        "analysis.forget_hook_targets[repository]": lambda c: r.forget_hook_targets(
+            c, tenant_id=seeded.tenant_id, repository_id=repository_id
+        ),
+        "analysis.first_delivery": lambda c: r.first_delivery(c, delivery_id="d-1", repository_id=repository_id),
         "analysis.lock_quota": lambda c: r.lock_quota(c, seeded.tenant_id, "repositories"),
         "analysis.repository_count": lambda c: r.repository_count(c, at_most=1000),
         "analysis.analysis_usage": lambda c: r.analysis_usage(

@@ -117,6 +117,7 @@ def test_a_short_service_token_is_refused_once(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/repolens")
     monkeypatch.setenv("NATS_URL", "nats://nats:4222")
     monkeypatch.setenv("SERVICE_TOKEN", "hunter2")
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKENS", '{"gateway": "' + "g" * 40 + '"}')
     with pytest.raises(ValidationError) as caught:
         AnalysisSettings()
     assert "SERVICE_TOKEN is shorter than 32 characters" in str(caught.value)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.common import access_tokens
 from services.analysis.engine.inventory import Cancelled
 from services.analysis.engine.secrets import (
     RULES,
@@ -45,6 +46,7 @@ AWS_SECRET = rand(40, ALNUM + "/+", 3)
 GITHUB = "gh" + "p_" + rand(36, seed=4)
 GITHUB_PAT = "github" + "_pat_" + rand(22, seed=5) + "_" + rand(59, seed=6)
 GITLAB = "gl" + "pat-" + rand(20, seed=7)
+REPOLENS = access_tokens.new_token()
 SLACK = "xo" + "xb-" + rand(12, string.digits, 8) + "-" + rand(13, string.digits, 9) + "-" + rand(24, seed=10)
 SLACK_HOOK_PATH = "services/T" + rand(8, UPPER_DIGITS, 11) + "/B" + rand(8, UPPER_DIGITS, 12) + "/" + rand(24, seed=13)
 STRIPE = "sk" + "_live_" + rand(24, seed=14)
@@ -62,6 +64,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("github-token", "critical", f"    token: {GITHUB}", GITHUB),
     ("github-token", "critical", f"export GH_TOKEN={GITHUB_PAT}", GITHUB_PAT),
     ("gitlab-token", "critical", f"CI_TOKEN='{GITLAB}'", GITLAB),
+    ("repolens-pat", "critical", f"REPOLENS_TOKEN={REPOLENS}", REPOLENS),
     ("slack-token", "high", f'const slack = new WebClient("{SLACK}");', SLACK),
     ("slack-webhook", "high", f"url = https://hooks.slack.com/{SLACK_HOOK_PATH}", SLACK_HOOK_PATH),
     ("stripe-live-key", "critical", f"Stripe.api_key = '{STRIPE}'", STRIPE),
@@ -140,6 +143,14 @@ def test_header_without_key_body_and_non_json_jwt_are_not_findings(tmp_path: Pat
         "blob = 'eyJ" + rand(20, seed=30) + "." + rand(20, seed=31) + "." + rand(20, seed=32) + "'\n",
     )
     assert scan_secrets(tmp_path, [rel]).findings == []
+
+
+def test_a_repolens_token_with_a_wrong_checksum_is_a_look_alike(tmp_path: Path) -> None:
+    wrong = REPOLENS[:-6] + ("000000" if not REPOLENS.endswith("000000") else "000001")
+    assert access_tokens.looks_like_token(REPOLENS)
+    assert not access_tokens.looks_like_token(wrong)
+    rel = write(tmp_path, "deploy.sh", f"export REPOLENS_TOKEN={wrong}\nexport OTHER={REPOLENS}\n")
+    assert [(f.rule_id, f.line) for f in scan_secrets(tmp_path, [rel]).findings] == [("repolens-pat", 2)]
 
 
 def test_a_value_another_rule_reports_is_not_reported_again_as_generic(tmp_path: Path) -> None:

@@ -52,8 +52,11 @@ class Job:
     ref: str = ""
     location: RepositoryLocation | None = None  # None: the tree is on disk already (benchmarks, tests)
     config: TenantConfig = field(default_factory=TenantConfig)
-    # The report of the repository's analysis before this one, for what is new and fixed (None: the first).
+    # The report this one is compared with, for what is new and fixed (None: the first): the default branch's analysis
+    # before this one, or a branch's or pull request's base (use_cases.base_report).
     previous_report: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
+    # A branch or pull request: the tenant's `branch_gate` says which conditions decide (new code by default).
+    judged_on_new_code: bool = False
 
 
 class StepError(Exception):

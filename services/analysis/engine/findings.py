@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -204,7 +204,58 @@ def step(ctx: Context) -> None:
     ctx.sections["review"] = rule_based_review(ctx.sections)
 
 
+# Conditions on new code: the findings of a branch or pull request that its base analysis does not have.
+NEW_CODE_CONDITIONS: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
+    ("max_new_high_findings", lambda f: f["severity"] in ("critical", "high")),
+    ("max_new_complex_functions", lambda f: f["rule_id"] == "complexity.function"),
+    ("max_new_secrets", lambda f: str(f["rule_id"]).startswith("secret.")),
+)
+
+
+def new_code_gate(new: Sequence[dict[str, Any]], gate: tenants_pb2.QualityGate) -> GateVerdict:
+    conditions = tuple(
+        Condition(metric, getattr(gate, metric), sum(1 for f in new if counts(f)))
+        for metric, counts in NEW_CODE_CONDITIONS
+    )
+    return GateVerdict("passed" if all(c.passed for c in conditions) else "failed", conditions)
+
+
+def judged(
+    overall: dict[str, Any], new_code: GateVerdict | None, *, branch_gate: str, on_new_code: bool
+) -> dict[str, Any]:
+    """The report's `quality_gate`: `status`, `conditions` and `failed` of what decides, and both verdicts apart.
+
+    The default branch is judged overall. A branch or pull request is judged as the tenant's `branch_gate` says
+    (new code by default), and overall when it has no base to tell new code by (no succeeded analysis of its base)."""
+    new = new_code.to_dict() if new_code is not None else None
+    decided_by = (branch_gate or "new_code") if on_new_code and new is not None else "overall"
+    if decided_by == "new_code" and new is not None:
+        deciding = new
+    elif decided_by == "both" and new is not None:
+        conditions = overall["conditions"] + new["conditions"]
+        failed = overall["failed"] + new["failed"]
+        deciding = {"status": "failed" if failed else "passed", "conditions": conditions, "failed": failed}
+    else:
+        deciding = {key: overall[key] for key in ("status", "conditions", "failed")}
+    return {**deciding, "decided_by": decided_by, "overall": overall, "new_code": new}
+
+
 async def changes_step(ctx: Context) -> None:
-    """What is new and what was fixed since the repository's analysis before this one, by fingerprint."""
+    """What is new and what was fixed since the analysis this one is compared with (the default branch's analysis
+    before it, or a branch's or pull request's base), by fingerprint; then the gate's verdict on new code and which
+    verdict decides."""
     previous = await ctx.job.previous_report() if ctx.job.previous_report is not None else None
-    ctx.sections["changes"] = changes_since(ctx.sections.get("findings", []), previous)
+    changes = changes_since(ctx.sections.get("findings", []), previous)
+    changes["compared_with"] = previous.get("compared_with", "previous") if previous is not None else None
+    changes["base_ref"] = previous.get("ref") if previous is not None else None
+    changes["base_commit_sha"] = previous.get("commit_sha") if previous is not None else None
+    ctx.sections["changes"] = changes
+    overall = ctx.sections.get("quality_gate")
+    if overall is not None:
+        new_code = new_code_gate(changes["new"], ctx.gate) if previous is not None else None
+        ctx.sections["quality_gate"] = judged(
+            {key: overall[key] for key in ("status", "conditions", "failed")},
+            new_code,
+            branch_gate=ctx.gate.branch_gate,
+            on_new_code=ctx.job.judged_on_new_code,
+        )

@@ -45,6 +45,7 @@ _SECRET_LABELS = {
     "aws-access-key-id": "AWS access key ID",
     "aws-secret-access-key": "AWS secret access key",
     "github-token": "GitHub token",
+    "repolens-pat": "RepoLens personal access token",
     "gitlab-token": "GitLab personal access token",
     "slack-token": "Slack token",
     "slack-webhook": "Slack webhook URL",

@@ -13,6 +13,8 @@ Rules (`RULES`; severity in brackets):
   optional) with `=`, `:`, `:=` or `=>`; the value needs an entropy of at least 3.5 bits per character.
 * `github-token` [critical]: `ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_` + 36 or more letters and digits;
   `github_pat_` + 60 or more letters, digits and `_` (fine-grained tokens).
+* `repolens-pat` [critical]: `rlp_` + 30 letters and digits + a 6-character checksum of them (a RepoLens personal
+  access token: a look-alike whose checksum does not match is not reported).
 * `gitlab-token` [critical]: `glpat-` + 20 or more letters, digits, `_`, `-`.
 * `slack-token` [high]: `xoxa-`, `xoxb-`, `xoxp-`, `xoxr-`, `xoxs-` + 10 or more letters, digits, `-`.
 * `slack-webhook` [high]: `https://hooks.slack.com/services|workflows|triggers/…` (the secret is the path).
@@ -87,6 +89,7 @@ from typing import Any
 
 from ahocorasick_rs import BytesAhoCorasick
 
+from libs.common import access_tokens
 from services.analysis.engine.findings import SEVERITIES
 from services.analysis.engine.inventory import GENERATED_NAMES
 
@@ -124,6 +127,7 @@ class Rule:
     lowered: bool = False
     min_entropy: float = 0.0
     paths: re.Pattern[str] | None = None  # when set, the rule runs only on the paths it matches
+    valid: Callable[[str], bool] | None = None  # when set, a value it refuses is a look-alike, not a secret
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "severity": self.severity}
@@ -172,6 +176,13 @@ RULES: tuple[Rule, ...] = (
             r"(?<![A-Za-z0-9_])(?P<value>gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})(?![A-Za-z0-9_])"
         ),
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
+    Rule(  # ours: the checksum tells a real token from a look-alike
+        "repolens-pat",
+        "critical",
+        re.compile(r"(?<![A-Za-z0-9_])(?P<value>rlp_[A-Za-z0-9]{36})(?![A-Za-z0-9_])"),
+        ("rlp_",),
+        valid=access_tokens.looks_like_token,
     ),
     Rule(
         "gitlab-token",
@@ -465,6 +476,8 @@ def _scan_text(path: str, data: bytes, skipped: dict[str, int]) -> list[SecretFi
             else:
                 value = match.group("value")
                 if rule.id == "jwt" and not _jwt_header(match.group("header")):
+                    continue
+                if rule.valid is not None and not rule.valid(value):
                     continue
                 if rule.id == _GENERIC and any(s < end and start < e for s, e in taken):
                     continue

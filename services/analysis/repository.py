@@ -531,7 +531,7 @@ async def branches(
     newest = (
         sa.select(*_ANALYSIS_COLUMNS)
         .where(branch)
-        .distinct(analyses.c.ref)
+        .ext(postgresql.distinct_on(analyses.c.ref))
         .order_by(analyses.c.ref, analyses.c.id.desc())
         .subquery("newest")
     )
@@ -542,7 +542,7 @@ async def branches(
             analyses.c.report["quality_gate"].label("gate"),
         )
         .where(branch, analyses.c.status == SUCCEEDED)
-        .distinct(analyses.c.ref)
+        .ext(postgresql.distinct_on(analyses.c.ref))
         .order_by(analyses.c.ref, analyses.c.id.desc())
         .subquery("gated")
     )

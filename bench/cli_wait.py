@@ -50,7 +50,15 @@ def _setup(url: str, repository: Path) -> str:
         return str(token.json()["token"])
 
 
-def _round(url: str, token: str, home: Path) -> tuple[float, float, int]:
+def _files(url: str, token: str, analysis_id: str) -> int:
+    """Files the analysis counted: proof that it read the tree, not an empty clone."""
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        report = http.get(f"/api/v2/analyses/{analysis_id}/report")
+        report.raise_for_status()
+        return int(report.json()["inventory"]["totals"]["files"])
+
+
+def _round(url: str, token: str, home: Path) -> tuple[float, float, int, int]:
     env = {**os.environ, "REPOLENS_URL": url, "REPOLENS_TOKEN": token, "XDG_CONFIG_HOME": str(home)}
     started = time.monotonic()
     done = subprocess.run(
@@ -68,7 +76,7 @@ def _round(url: str, token: str, home: Path) -> tuple[float, float, int]:
     analysis = json.loads(done.stdout)["analysis"]
     created = dt.datetime.fromisoformat(analysis["created_at"])
     finished = dt.datetime.fromisoformat(analysis["finished_at"])
-    return wall, (finished - created).total_seconds(), done.returncode
+    return wall, (finished - created).total_seconds(), done.returncode, _files(url, token, analysis["id"])
 
 
 def main() -> None:
@@ -82,12 +90,12 @@ def main() -> None:
         token = _setup(stack.gateway_url, args.repository.resolve())
         walls, queued = [], []
         print(f"repolens analyse --wait on {args.repository.resolve()}")
-        print(f"{'round':>5} {'CLI start to gate (s)':>22} {'queued to ended (s)':>20} {'exit':>5}")
+        print(f"{'round':>5} {'CLI start to gate (s)':>22} {'queued to ended (s)':>20} {'exit':>5} {'files':>6}")
         for number in range(1, args.rounds + 1):
-            wall, inside, code = _round(stack.gateway_url, token, root / "home")
+            wall, inside, code, files = _round(stack.gateway_url, token, root / "home")
             walls.append(wall)
             queued.append(inside)
-            print(f"{number:>5} {wall:>22.2f} {inside:>20.2f} {code:>5}")
+            print(f"{number:>5} {wall:>22.2f} {inside:>20.2f} {code:>5} {files:>6}")
         wall_median, queued_median = statistics.median(walls), statistics.median(queued)
         print(f"median: CLI start to gate {wall_median:.2f} s, queued to ended {queued_median:.2f} s")
 

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +31,9 @@ from cli.client import (
 )
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
-POLL_INTERVAL_S = 1.0
+# Polls come quickly at first (small analyses end within a second), then every 2 s: a long analysis is not read
+# hundreds of times.
+POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 0.25, 1.5, 2.0
 
 app = typer.Typer(
     name="repolens",
@@ -104,12 +107,13 @@ def _wait(api: Api, analysis: dict[str, Any], timeout_s: float) -> dict[str, Any
     """Polls until the analysis ends; a bar on a terminal, a line per change otherwise."""
     deadline = time.monotonic() + timeout_s
     path = f"/api/v2/analyses/{analysis['id']}"
+    pauses = _pauses()
     if err.is_terminal:
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
         with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as bar:
             task = bar.add_task(analysis["status"], total=100)
             while analysis["status"] not in FINISHED:
-                _pause_or_timeout(analysis, deadline)
+                _pause_or_timeout(analysis, deadline, next(pauses))
                 analysis = api.json("GET", path, retry=True)
                 bar.update(task, completed=analysis["progress"], description=f"{analysis['status']} {analysis['step']}")
         return analysis
@@ -119,19 +123,26 @@ def _wait(api: Api, analysis: dict[str, Any], timeout_s: float) -> dict[str, Any
         if now != seen:
             err.print(f"{analysis['status']} {analysis['progress']}% {analysis['step']}".rstrip())
             seen = now
-        _pause_or_timeout(analysis, deadline)
+        _pause_or_timeout(analysis, deadline, next(pauses))
         analysis = api.json("GET", path, retry=True)
     return analysis
 
 
-def _pause_or_timeout(analysis: dict[str, Any], deadline: float) -> None:
-    if time.monotonic() + POLL_INTERVAL_S > deadline:
+def _pauses() -> Iterator[float]:
+    pause = POLL_FIRST_S
+    while True:
+        yield pause
+        pause = min(pause * POLL_GROWTH, POLL_MAX_S)
+
+
+def _pause_or_timeout(analysis: dict[str, Any], deadline: float, pause: float) -> None:
+    if time.monotonic() + pause > deadline:
         raise CliError(
             f"analysis {analysis['id']} still {analysis['status']} at the timeout (it goes on; "
             f"`repolens analyses show {analysis['id']}` follows it)",
             EXIT_TIMEOUT,
         )
-    time.sleep(POLL_INTERVAL_S)
+    time.sleep(pause)
 
 
 def _show_gate(gate: dict[str, Any], link: str) -> None:

@@ -119,6 +119,21 @@ async def _fill_projection(settings: AnalysisSettings, analyses: Analyses, tenan
             await asyncio.sleep(2.0)
 
 
+HOOK_PURGE_INTERVAL_S = 3600.0
+
+
+async def _purge_hook_deliveries(analyses: Analyses) -> None:
+    """Once an hour, the webhook deliveries old enough never to come again are forgotten."""
+    while True:
+        try:
+            purged = await use_cases.purge_hook_deliveries(analyses=analyses)
+            if purged:
+                log.info("hook_deliveries.purged", rows=purged)
+        except Exception as exc:  # the database away: the next round tries again
+            log.warning("hook_deliveries.purge_failed", error=error_text(exc))
+        await asyncio.sleep(HOOK_PURGE_INTERVAL_S)
+
+
 async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None = None) -> None:
     auth_channel = open_channel(settings.auth_grpc_target)
     tenants_channel = open_channel(settings.tenants_grpc_target)
@@ -139,9 +154,10 @@ async def serve_analysis(settings: AnalysisSettings, stop: asyncio.Event | None 
             raise migrations.SchemaBehindError(f"{behind} tenant schemas are behind; run migrate up")
         await ensure_jobs_stream(runtime.js)
         users, feed = await follow_users(settings, js=runtime.js, auth_channel=auth_channel)
-        runtime.authenticate(users)  # every RPC of the analysis service takes a user's token
+        runtime.authenticate(users)  # users' tokens; ReceiveGithubEvent the gateway's credential (_spec)
         analyses = _analyses(settings, runtime.engine, config, runtime.reads)
         tasks.append(asyncio.create_task(_fill_projection(settings, analyses, tenants_channel)))
+        tasks.append(asyncio.create_task(_purge_hook_deliveries(analyses)))
         servicer = AnalysisServicer(analyses=analyses)
         analysis_pb2_grpc.add_AnalysisServiceServicer_to_server(servicer, runtime.server.server)
 

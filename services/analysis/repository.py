@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -604,6 +605,13 @@ async def first_delivery(conn: AsyncConnection, *, delivery_id: str, repository_
         .returning(hook_deliveries.c.delivery_id)
     )
     return result.first() is not None
+
+
+async def purge_hook_deliveries(conn: AsyncConnection, *, older_than: dt.timedelta) -> int:
+    result = await conn.execute(
+        hook_deliveries.delete().where(hook_deliveries.c.received_at < sa.func.now() - older_than)
+    )
+    return int(result.rowcount)
 
 
 # Leases: a worker's hold on a repository and on a place of a tenant's share (migration s0004)

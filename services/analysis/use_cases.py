@@ -440,6 +440,16 @@ async def create_webhook_secret(
     return repository, secret
 
 
+# GitHub redelivers a delivery for three days at most: a week later its id can go.
+HOOK_DELIVERIES_KEPT = dt.timedelta(days=7)
+
+
+async def purge_hook_deliveries(*, analyses: Analyses) -> int:
+    """Forgets the ids of deliveries older than HOOK_DELIVERIES_KEPT; how many."""
+    async with analyses.engine.begin() as conn:
+        return await repo.purge_hook_deliveries(conn, older_than=HOOK_DELIVERIES_KEPT)
+
+
 @dataclass(frozen=True)
 class HookOutcome:
     analysis: Analysis | None  # queued; None when the delivery asked for nothing or was seen before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,15 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.common import migrations
 from libs.common.config import DEVELOPMENT_GATEWAY_TOKEN, AuthSettings, CommonSettings, TenantsSettings
+from libs.common.db import create_engine
 from libs.common.identity import SERVICE_TOKEN_KEY
 from libs.devstack.servers import free_port
+from services.analysis.domain import SERVICE_SCHEMA, TenantConfig
+from services.analysis.use_cases import SERVICE_MIGRATIONS, Analyses
 from services.auth.__main__ import serve_auth
 from services.tenants.__main__ import serve_tenants
 from tests.conftest import scratch_database
@@ -138,3 +143,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def analyses(database_url: str) -> AsyncIterator[Analyses]:
+    """The analysis use cases on the service scope alone (leases, webhook deliveries): no tenant, no settings."""
+    settings = CommonSettings(database_url=database_url)
+    config = migrations.alembic_config(
+        script_location=SERVICE_MIGRATIONS, schema=SERVICE_SCHEMA, sqlalchemy_url=settings.sqlalchemy_url
+    )
+    await asyncio.to_thread(migrations.upgrade, config)
+    engine: AsyncEngine = create_engine(settings, application_name="service-scope")
+    yield Analyses(engine=engine, tenant_config=_no_config)
+    await engine.dispose()
+
+
+async def _no_config(tenant_id: uuid.UUID) -> TenantConfig:
+    raise AssertionError("the service scope needs no tenant's settings")

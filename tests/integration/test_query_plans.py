@@ -663,6 +663,7 @@ async def test_analysis_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pa
             c, tenant_id=seeded.tenant_id, repository_id=repository_id
         ),
         "analysis.first_delivery": lambda c: r.first_delivery(c, delivery_id="d-1", repository_id=repository_id),
+        "analysis.purge_hook_deliveries": lambda c: r.purge_hook_deliveries(c, older_than=dt.timedelta(days=7)),
         "analysis.lock_quota": lambda c: r.lock_quota(c, seeded.tenant_id, "repositories"),
         "analysis.repository_count": lambda c: r.repository_count(c, at_most=1000),
         "analysis.analysis_usage": lambda c: r.analysis_usage(

@@ -5,33 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from libs.common import migrations
-from libs.common.config import CommonSettings
-from libs.common.db import create_engine
 from services.analysis import use_cases
-from services.analysis.domain import SERVICE_SCHEMA, TenantConfig
-from services.analysis.use_cases import SERVICE_MIGRATIONS, Analyses
-
-
-@pytest.fixture
-async def analyses(database_url: str) -> AsyncIterator[Analyses]:
-    settings = CommonSettings(database_url=database_url)
-    config = migrations.alembic_config(
-        script_location=SERVICE_MIGRATIONS, schema=SERVICE_SCHEMA, sqlalchemy_url=settings.sqlalchemy_url
-    )
-    await asyncio.to_thread(migrations.upgrade, config)  # the service scope holds the leases
-    engine: AsyncEngine = create_engine(settings, application_name="leases")
-    yield Analyses(engine=engine, tenant_config=_no_config)
-    await engine.dispose()
-
-
-async def _no_config(tenant_id: uuid.UUID) -> TenantConfig:
-    raise AssertionError("leases need no settings")
+from services.analysis.use_cases import Analyses
 
 
 async def _turn(

@@ -526,26 +526,30 @@ async def revoke_access_tokens(
     return [_access_token(r) for r in rows]
 
 
-# The exchange of a token (once per gateway process per ACCESS_TOKEN_TTL_S): the token, its user's state and the
-# user's current role in the token's tenant, in one round trip.
-ACCESS_TOKEN_WITH_ROLE = (
-    sa.select(*_ACCESS_TOKEN_COLUMNS, users.c.is_active, memberships.c.role.label("role"))
-    .select_from(
-        access_tokens.join(users, users.c.id == access_tokens.c.user_id).outerjoin(
-            memberships,
-            sa.and_(
-                memberships.c.user_id == access_tokens.c.user_id,
-                memberships.c.tenant_id == access_tokens.c.tenant_id,
-                memberships.c.removed.is_(False),
-            ),
+async def lock_user(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    """Holds the user's row until the transaction ends: one of their token creations at a time."""
+    await conn.execute(sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
+
+
+async def access_token_by_hash(conn: AsyncConnection, token_hash: bytes) -> tuple[AccessToken, bool, str | None] | None:
+    """The token, whether its user is active, and the user's current role in the token's tenant (None once removed),
+    in one round trip: what an exchange (once per gateway process per ACCESS_TOKEN_TTL_S) decides by."""
+    query = (
+        sa.select(*_ACCESS_TOKEN_COLUMNS, users.c.is_active, memberships.c.role.label("role"))
+        .select_from(
+            access_tokens.join(users, users.c.id == access_tokens.c.user_id).outerjoin(
+                memberships,
+                sa.and_(
+                    memberships.c.user_id == access_tokens.c.user_id,
+                    memberships.c.tenant_id == access_tokens.c.tenant_id,
+                    memberships.c.removed.is_(False),
+                ),
+            )
         )
+        .where(access_tokens.c.token_hash == token_hash)
     )
-    .where(access_tokens.c.token_hash == sa.bindparam("token_hash", type_=sa.LargeBinary))
-)
-
-
-def access_token_with_role(row: Any) -> tuple[AccessToken, bool, str | None]:
-    return _access_token(row), bool(row.is_active), row.role
+    row = (await conn.execute(query)).first()
+    return (_access_token(row), bool(row.is_active), row.role) if row else None
 
 
 async def touch_access_token(conn: AsyncConnection, token_id: uuid.UUID) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,8 +250,9 @@ async def switch_tenant(*, auth: Auth, claims: AccessClaims, tenant_id: str) -> 
     )
 
 
-async def _revoked(conn: AsyncConnection, sessions: list[Session]) -> int:
-    """Tells every verifier that these sessions (just ended) are over; their access tokens stop within a second."""
+async def _revoked(conn: AsyncConnection, sessions: Sequence[Session | AccessToken]) -> int:
+    """Tells every verifier that these sessions (just ended) are over; their access tokens stop within a second. A
+    personal access token is one too: its exchanged access tokens carry its id as their session."""
     for session in sessions:
         await _emit(
             conn,
@@ -387,7 +389,7 @@ async def create_access_token(
     now = _now()
     async with auth.engine.begin() as conn:
         # One at a time per user: the count below cannot be raced past.
-        await conn.execute(sa.select(repo.users.c.id).where(repo.users.c.id == user.id).with_for_update())
+        await repo.lock_user(conn, user.id)
         if (
             await repo.live_access_token_count(conn, user_id=user.id, tenant_id=session.tenant_id)
             >= ACCESS_TOKENS_PER_USER_MAX
@@ -423,21 +425,6 @@ async def list_access_tokens(*, auth: Auth, claims: AccessClaims, page_size: int
     return page_of(rows, limit, lambda t: t.id)
 
 
-async def _ended(conn: AsyncConnection, tokens: list[AccessToken]) -> None:
-    """Tells every verifier that these tokens are over: their exchanged access tokens carry the token's id as the
-    session, so the deny-list of sessions ends them within a second."""
-    for token in tokens:
-        await _emit(
-            conn,
-            event=SESSION_REVOKED,
-            actor_id=str(token.user_id),
-            tenant_id=str(token.tenant_id),
-            payload=events_pb2.SessionRevoked(
-                session_id=str(token.id), user_id=str(token.user_id), expires_at=timestamp(token.expires_at)
-            ),
-        )
-
-
 async def revoke_access_token(*, auth: Auth, claims: AccessClaims, access_token_id: str) -> None:
     """Revokes one of the caller's tokens in the caller's tenant; anyone else's id is not found."""
     try:
@@ -451,7 +438,7 @@ async def revoke_access_token(*, auth: Auth, claims: AccessClaims, access_token_
         )
         if not ended:
             raise AppError(errors.ACCESS_TOKEN_NOT_FOUND)
-        await _ended(conn, ended)
+        await _revoked(conn, ended)
     log.info("access_token.revoked", access_token_id=str(token_id))
 
 
@@ -462,10 +449,10 @@ async def exchange_access_token(*, auth: Auth, token: str) -> tuple[str, int]:
     if not access_tokens.looks_like_token(token):
         raise AppError(errors.INVALID_TOKEN)
     async with auth.reads.connect() as conn:
-        row = (await conn.execute(repo.ACCESS_TOKEN_WITH_ROLE, {"token_hash": access_tokens.token_hash(token)})).first()
-    if row is None:
+        looked_up = await repo.access_token_by_hash(conn, access_tokens.token_hash(token))
+    if looked_up is None:
         raise AppError(errors.INVALID_TOKEN)
-    found, user_active, role = repo.access_token_with_role(row)
+    found, user_active, role = looked_up
     now = _now()
     if found.revoked_at is not None or found.expires_at <= now or not user_active or role is None:
         raise AppError(errors.INVALID_TOKEN)

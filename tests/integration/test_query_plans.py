@@ -481,7 +481,8 @@ async def test_auth_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_path: 
         "auth.revoke_access_tokens[user]": lambda c: r.revoke_access_tokens(c, user_id=user_id, reason="deactivated"),
         "auth.revoke_access_tokens[tenant]": lambda c: r.revoke_access_tokens(c, tenant_id=tenant_id, reason="deleted"),
         "auth.touch_access_token": lambda c: r.touch_access_token(c, token.id),
-        "auth.ACCESS_TOKEN_WITH_ROLE": lambda c: c.execute(r.ACCESS_TOKEN_WITH_ROLE, {"token_hash": b"pat-hash"}),
+        "auth.access_token_by_hash": lambda c: r.access_token_by_hash(c, b"pat-hash"),
+        "auth.lock_user": lambda c: r.lock_user(c, user_id),
     }
     for label, call in checks.items():
         await plans.check(label, call)

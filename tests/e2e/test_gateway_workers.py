@@ -59,10 +59,21 @@ def _two_free_ports() -> int:
     raise AssertionError("no two free consecutive ports")
 
 
+def _all_started(gateways: Gateways, name: str, workers: int, timeout: float = 60.0) -> None:
+    """Waits until each of `workers` has ended its start-up. The gateway is ready once one worker answers on the
+    shared port; another may still be importing (a CI run saw the second one 0.9 s later, its metrics port not yet
+    bound), and a SIGTERM that lands during its imports meets coverage's own handler instead of uvicorn's."""
+    deadline = time.monotonic() + timeout
+    while sum("Application startup complete" in line for line in gateways.supervisor.lines(name)) < workers:
+        assert time.monotonic() < deadline, gateways.supervisor.tail(name)
+        time.sleep(0.05)
+
+
 def _two_workers(gateways: Gateways) -> tuple[str, int, int, list[int]]:
-    """A gateway of two workers: its URL, first metrics port, parent pid and worker pids."""
+    """A gateway of two workers, both started: its URL, first metrics port, parent pid and worker pids."""
     metrics_port = _two_free_ports()
     (url,) = gateways.start({"GATEWAY_WORKERS": "2", "METRICS_PORT": str(metrics_port)})
+    _all_started(gateways, f"gateway-{gateways.count - 1}", workers=2)
     parent = gateways.supervisor.pid(f"gateway-{gateways.count - 1}")
     assert parent is not None
     workers = children(parent)

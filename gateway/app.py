@@ -17,7 +17,7 @@ from gateway.errors import install_error_handlers
 from gateway.middleware import RequestMiddleware
 from gateway.ratelimit import install_rate_limits
 from gateway.route_index import add_routes
-from gateway.routes import access_tokens, analysis, auth, health, tenants
+from gateway.routes import access_tokens, analysis, auth, badges, health, tenants
 from gateway.routes import settings as settings_routes
 from libs.common.config import GatewaySettings
 from libs.common.events import connect_nats, ensure_streams
@@ -76,6 +76,18 @@ async def _follow_revocations(settings: GatewaySettings, revocations: Revocation
                 await asyncio.wait_for(nc.close(), timeout=2)
 
 
+# Every route of the API, in the order they are matched.
+ROUTERS = (
+    auth.router,
+    access_tokens.router,
+    tenants.router,
+    settings_routes.router,
+    analysis.router,
+    badges.router,
+    health.router,
+)
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,9 +144,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     rate_limits = install_rate_limits(app, settings)
     install_docs(app)
-    add_routes(
-        app, [auth.router, access_tokens.router, tenants.router, settings_routes.router, analysis.router, health.router]
-    )
+    add_routes(app, ROUTERS)
     # One pass per request (span, request id, access log, edge limits), wrapped by CORS and the proxy headers so
     # that its refusals carry the CORS grant; the security headers and metrics wrap everything (SecuredFastAPI).
     app.add_middleware(

@@ -544,6 +544,11 @@ class WebhookSecretOut(BaseModel):
     events: list[str] = Field(description="The events to send: push and pull_request")
 
 
+class BadgeTokenOut(BaseModel):
+    token: str = Field(description="Shown once: the repository's badge token (rlb_...). Asking again issues a new one")
+    badges: dict[str, str] = Field(description="Each badge's path, the token in its query, by metric")
+
+
 class HookOut(BaseModel):
     queued: bool
     analysis_id: str | None = None

@@ -11,10 +11,12 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from gateway.deps import BackendsDep, CurrentCaller
 from gateway.params import Cursor, Id, Limit, OffsetCursor, text
+from gateway.routes.badges import METRICS
 from gateway.schemas import (
     TEXT,
     AnalysisOut,
     AnalysisPage,
+    BadgeTokenOut,
     BranchOut,
     BranchPage,
     CreateRepositoryBody,
@@ -436,6 +438,28 @@ async def create_webhook_secret(
         url=f"/api/v2/hooks/github/{repository_id}",
         content_type="application/json",
         events=["push", "pull_request"],
+    )
+
+
+@router.post(
+    "/repositories/{repository_id}/badge-token",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BadgeTokenOut,
+    responses=_ERRORS,
+    summary="A new badge token for the repository (owners and admins), shown once; the one before stops working",
+)
+async def create_badge_token(
+    repository_id: Id, caller: CurrentCaller, request: Request, backends: BackendsDep
+) -> BadgeTokenOut:
+    reply: analysis_pb2.CreateBadgeTokenResponse = await backends.call(
+        backends.analysis.CreateBadgeToken,
+        analysis_pb2.CreateBadgeTokenRequest(repository_id=repository_id),
+        request=request,
+        token=caller.token,
+    )
+    return BadgeTokenOut(
+        token=reply.token,
+        badges={metric: f"/api/v2/badges/{repository_id}/{metric}.svg?token={reply.token}" for metric in METRICS},
     )
 
 

@@ -450,7 +450,7 @@ class AnalysisSettings(AcceptsServiceCalls, MigrationSettings):
     )
     webhook_key: MasterKey | None = Field(
         default=SecretStr(DEVELOPMENT_WEBHOOK_KEY),
-        description="base64 of 32 bytes; every repository's webhook secret is derived from it (none is stored)",
+        description="base64 of 32 bytes; repositories' webhook secrets and badge tokens derive from it (none stored)",
     )
     github_api_url: str = Field(default="https://api.github.com", description="GitHub REST API, for commit statuses")
     github_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Time limit of one call to GitHub")

@@ -57,7 +57,7 @@ _READS = (
 _SCOPES = {
     **dict.fromkeys((*_READS, "DiffAnalyses", "GetSarif"), access_tokens.ANALYSIS_READ),
     **dict.fromkeys(
-        ("CreateRepository", "UpdateRepository", "DeleteRepository", "CreateWebhookSecret"),
+        ("CreateRepository", "UpdateRepository", "DeleteRepository", "CreateWebhookSecret", "CreateBadgeToken"),
         access_tokens.REPOSITORIES_WRITE,
     ),
     **dict.fromkeys(("StartAnalysis", "CancelAnalysis"), access_tokens.ANALYSIS_RUN),
@@ -73,8 +73,8 @@ def _spec(forget: Callable[[str], None] | None = None) -> ServiceSpec:
         inbox=repository.inbox,
         grpc_service_names=[_ANALYSIS.full_name],
         access=Access(
-            # GitHub's webhooks reach the service through the gateway alone, which hands over the raw delivery.
-            services={rpc_name(_ANALYSIS, "ReceiveGithubEvent"): frozenset({"gateway"})},
+            # GitHub's webhooks and badge requests reach the service through the gateway alone (no user token).
+            services={rpc_name(_ANALYSIS, name): frozenset({"gateway"}) for name in ("ReceiveGithubEvent", "GetBadge")},
             scopes={rpc_name(_ANALYSIS, name): scope for name, scope in _SCOPES.items()},
         ),
         consumers=consumers.handlers(forget or (lambda _: None)),

@@ -121,3 +121,16 @@ class TenantConfig:
     def llm_api_key(self) -> str:
         """The chosen provider's key: a tenant may keep keys for both and switch with `llm_provider` alone."""
         return {"anthropic": self.anthropic_api_key, "openai": self.openai_api_key}.get(self.llm_provider, "")
+
+
+@dataclass(frozen=True)
+class BadgeFacts:
+    """What a README badge shows: the newest succeeded analysis of a branch (pull requests apart)."""
+
+    ref: str
+    analysed: bool  # False: the branch has no succeeded analysis yet
+    gate: str = ""
+    code_lines: int = 0
+    findings: int = 0
+    complexity: float = 0.0  # mean cyclomatic complexity of the functions measured
+    finished_at: dt.datetime | None = None

@@ -23,6 +23,7 @@ from services.analysis.domain import (
     TENANT_SCHEMA,
     Analysis,
     AnalysisUsage,
+    BadgeFacts,
     PullRequest,
     Repository,
 )
@@ -59,6 +60,15 @@ leases = sa.Table(
 )
 hook_targets = sa.Table(
     "hook_targets",
+    service_metadata,
+    sa.Column("repository_id", sa.Uuid, primary_key=True),
+    sa.Column("tenant_id", sa.Uuid),
+    sa.Column("generation", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    schema=SERVICE_SCHEMA,
+)
+badge_targets = sa.Table(
+    "badge_targets",
     service_metadata,
     sa.Column("repository_id", sa.Uuid, primary_key=True),
     sa.Column("tenant_id", sa.Uuid),
@@ -563,37 +573,80 @@ async def branches(
     return out
 
 
-# GitHub webhooks (service scope, migration s0005)
+# Repositories reached without a user's token (service scope): GitHub's webhooks (s0005) and README badges (s0006).
+# Each table says whose a repository is and which generation of its derived secret is in force.
 
 
-async def next_hook_generation(conn: AsyncConnection, *, repository_id: uuid.UUID, tenant_id: uuid.UUID) -> int:
-    """The repository's webhook secret, one generation on (the first is 1): the one before stops verifying."""
-    statement = insert(hook_targets).values(repository_id=repository_id, tenant_id=tenant_id, generation=1)
+async def next_generation(
+    conn: AsyncConnection, table: sa.Table, *, repository_id: uuid.UUID, tenant_id: uuid.UUID
+) -> int:
+    """The repository's secret in `table`, one generation on (the first is 1): the one before stops verifying."""
+    statement = insert(table).values(repository_id=repository_id, tenant_id=tenant_id, generation=1)
     result = await conn.execute(
         statement.on_conflict_do_update(
-            index_elements=[hook_targets.c.repository_id],
-            set_={"generation": hook_targets.c.generation + 1},
-        ).returning(hook_targets.c.generation)
+            index_elements=[table.c.repository_id], set_={"generation": table.c.generation + 1}
+        ).returning(table.c.generation)
     )
     return int(result.scalar_one())
 
 
-async def hook_target(conn: AsyncConnection, repository_id: uuid.UUID) -> tuple[uuid.UUID, int] | None:
+async def target(conn: AsyncConnection, table: sa.Table, repository_id: uuid.UUID) -> tuple[uuid.UUID, int] | None:
     """Whose the repository is and its secret's generation; None when no secret was ever issued for it."""
-    query = sa.select(hook_targets.c.tenant_id, hook_targets.c.generation).where(
-        hook_targets.c.repository_id == repository_id
-    )
+    query = sa.select(table.c.tenant_id, table.c.generation).where(table.c.repository_id == repository_id)
     row = (await conn.execute(query)).first()
     return (row.tenant_id, row.generation) if row else None
 
 
-async def forget_hook_targets(
+async def forget_targets(
     conn: AsyncConnection, *, tenant_id: uuid.UUID, repository_id: uuid.UUID | None = None
 ) -> None:
-    query = hook_targets.delete().where(hook_targets.c.tenant_id == tenant_id)
-    if repository_id is not None:
-        query = query.where(hook_targets.c.repository_id == repository_id)
-    await conn.execute(query)
+    """A deleted repository (or every repository of a deleted tenant) stops being reachable by hook or badge."""
+    for table in (hook_targets, badge_targets):
+        query = table.delete().where(table.c.tenant_id == tenant_id)
+        if repository_id is not None:
+            query = query.where(table.c.repository_id == repository_id)
+        await conn.execute(query)
+
+
+async def badge_facts(conn: AsyncConnection, repository_id: uuid.UUID, branch: str | None) -> BadgeFacts | None:
+    """None for an unknown repository; `branch` None is its default branch. Only scalars leave the database, never
+    the report."""
+    default = (
+        await conn.execute(sa.select(repositories.c.default_branch).where(repositories.c.id == repository_id))
+    ).scalar_one_or_none()
+    if default is None:
+        return None
+    ref = branch or default
+    report = analyses.c.report
+    query = (
+        sa.select(
+            report["quality_gate"]["status"].as_string().label("gate"),
+            report["inventory"]["totals"]["code"].as_integer().label("code_lines"),
+            sa.func.coalesce(sa.func.jsonb_array_length(report["findings"]), 0).label("findings"),
+            report["complexity"]["average"].as_float().label("complexity"),
+            analyses.c.finished_at,
+        )
+        .where(
+            analyses.c.repository_id == repository_id,
+            analyses.c.ref == ref,
+            analyses.c.pull_request.is_(None),
+            analyses.c.status == SUCCEEDED,
+        )
+        .order_by(analyses.c.id.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return BadgeFacts(ref=ref, analysed=False)
+    return BadgeFacts(
+        ref=ref,
+        analysed=True,
+        gate=row.gate or "",
+        code_lines=int(row.code_lines or 0),
+        findings=int(row.findings),
+        complexity=float(row.complexity or 0.0),
+        finished_at=row.finished_at,
+    )
 
 
 async def first_delivery(conn: AsyncConnection, *, delivery_id: str, repository_id: uuid.UUID) -> bool:

@@ -268,3 +268,30 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         if outcome.analysis is not None:
             reply.analysis.CopyFrom(_analysis(outcome.analysis))
         return reply
+
+    async def CreateBadgeToken(
+        self, request: analysis_pb2.CreateBadgeTokenRequest, context: Context
+    ) -> analysis_pb2.CreateBadgeTokenResponse:
+        token = await use_cases.create_badge_token(
+            analyses=self._analyses, claims=caller(), repository_id=request.repository_id
+        )
+        return analysis_pb2.CreateBadgeTokenResponse(token=token)
+
+    async def GetBadge(self, request: analysis_pb2.GetBadgeRequest, context: Context) -> analysis_pb2.GetBadgeResponse:
+        facts = await use_cases.badge(
+            analyses=self._analyses, repository_id=request.repository_id, token=request.token, branch=request.branch
+        )
+        if facts is None:
+            return analysis_pb2.GetBadgeResponse(found=False)
+        reply = analysis_pb2.GetBadgeResponse(
+            found=True,
+            ref=facts.ref,
+            analysed=facts.analysed,
+            quality_gate=facts.gate,
+            code_lines=facts.code_lines,
+            findings=facts.findings,
+            complexity=facts.complexity,
+        )
+        if facts.finished_at is not None:
+            reply.finished_at.FromDatetime(facts.finished_at)
+        return reply

@@ -30,7 +30,7 @@ from libs.common.pagination import Page, decode_cursor, page_limit, page_of
 from libs.common.tokens import AccessClaims
 from repolens.events.v1 import events_pb2
 from repolens.tenants.v1 import tenants_pb2
-from services.analysis import github
+from services.analysis import badges, github
 from services.analysis import repository as repo
 from services.analysis.domain import (
     ANALYSIS_REQUESTED,
@@ -42,6 +42,7 @@ from services.analysis.domain import (
     STATUSES,
     SUCCEEDED,
     Analysis,
+    BadgeFacts,
     PullRequest,
     Repository,
     TenantConfig,
@@ -57,7 +58,8 @@ log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 TENANT_MIGRATIONS = MIGRATIONS / "tenant"
 SERVICE_MIGRATIONS = MIGRATIONS / "service"
-WRITERS = ("owner", "admin", "member")
+ADMINS = ("owner", "admin")
+WRITERS = (*ADMINS, "member")
 HOUR = dt.timedelta(hours=1)
 
 TenantConfigSource = Callable[[uuid.UUID], Awaitable[TenantConfig]]
@@ -115,7 +117,7 @@ async def on_tenant_deleted(conn: AsyncConnection, envelope: events_pb2.EventEnv
     tenant_id = uuid.UUID(event.tenant_id)
     await repo.drop_tenant_schema(conn, tenant_id=tenant_id, schema=tenant_schema(tenant_id))
     await repo.forget_memberships(conn, tenant_id)
-    await repo.forget_hook_targets(conn, tenant_id=tenant_id)
+    await repo.forget_targets(conn, tenant_id=tenant_id)
     log.info("tenant_schema.dropped", tenant_id=str(tenant_id))
 
 
@@ -163,14 +165,16 @@ async def tenant_transaction(engine: AsyncEngine, tenant_id: uuid.UUID) -> Async
 
 
 @contextlib.asynccontextmanager
-async def acting(analyses: Analyses, claims: AccessClaims, *, writes: bool = False) -> AsyncIterator[AsyncConnection]:
+async def acting(
+    analyses: Analyses, claims: AccessClaims, *, writes: bool = False, admin: bool = False
+) -> AsyncIterator[AsyncConnection]:
     """One transaction in the caller's tenant, as the caller: their current role decides (the membership
     projection, kept by `membership.changed`), never the role in their token, which may be 15 minutes old.
-    A removed member gets not found."""
+    `writes` takes a member or up, `admin` an owner or admin. A removed member gets not found."""
     async with _in_tenant(analyses.engine, claims.tenant_id, claims.user_id) as (conn, role):
         if not role:
             raise AppError(errors.TENANT_NOT_FOUND)
-        if writes and role not in WRITERS:
+        if (writes and role not in WRITERS) or (admin and role not in ADMINS):
             raise AppError(errors.FORBIDDEN)
         yield conn
 
@@ -316,7 +320,7 @@ async def delete_repository(*, analyses: Analyses, claims: AccessClaims, reposit
     async with acting(analyses, claims, writes=True) as conn:
         current = await _repository(conn, repository_id)
         await repo.delete_repository(conn, current.id)
-        await repo.forget_hook_targets(conn, tenant_id=claims.tenant_id, repository_id=current.id)
+        await repo.forget_targets(conn, tenant_id=claims.tenant_id, repository_id=current.id)
 
 
 # Analyses
@@ -432,7 +436,9 @@ async def create_webhook_secret(
     """A new webhook secret for the repository (members and up); the one before stops verifying at once."""
     async with acting(analyses, claims, writes=True) as conn:
         repository = await _repository(conn, repository_id)
-        generation = await repo.next_hook_generation(conn, repository_id=repository.id, tenant_id=claims.tenant_id)
+        generation = await repo.next_generation(
+            conn, repo.hook_targets, repository_id=repository.id, tenant_id=claims.tenant_id
+        )
     log.info("webhook_secret.issued", repository_id=str(repository.id), generation=generation)
     secret = github.webhook_secret(
         analyses.webhook_key, tenant_id=claims.tenant_id, repository_id=repository.id, generation=generation
@@ -468,7 +474,7 @@ async def receive_github_event(
     except ValueError:
         raise AppError(errors.WEBHOOK_SIGNATURE) from None
     async with autocommit(analyses.engine).connect() as conn:
-        target = await repo.hook_target(conn, wanted)
+        target = await repo.target(conn, repo.hook_targets, wanted)
     if target is None:
         raise AppError(errors.WEBHOOK_SIGNATURE)
     tenant_id, generation = target
@@ -508,6 +514,49 @@ async def receive_github_event(
             trigger={"kind": "github", "full_name": asked.full_name, "sha": asked.sha, "delivery": delivery_id},
         )
     return HookOutcome(analysis)
+
+
+# README badges
+
+
+async def create_badge_token(*, analyses: Analyses, claims: AccessClaims, repository_id: str) -> str:
+    """A new badge token for the repository (owners and admins); the one before stops working at once."""
+    async with acting(analyses, claims, admin=True) as conn:
+        repository = await _repository(conn, repository_id)
+        generation = await repo.next_generation(
+            conn, repo.badge_targets, repository_id=repository.id, tenant_id=claims.tenant_id
+        )
+    log.info("badge_token.issued", repository_id=str(repository.id), generation=generation)
+    return badges.badge_token(
+        analyses.webhook_key, tenant_id=claims.tenant_id, repository_id=repository.id, generation=generation
+    )
+
+
+async def badge(*, analyses: Analyses, repository_id: str, token: str, branch: str) -> BadgeFacts | None:
+    """What a badge shows, for the gateway (its credential only). None, whatever the reason (an unknown repository,
+    no token issued, a wrong or rotated token, an unknown branch name): a badge URL is public, and a guesser
+    learns nothing from it."""
+    try:
+        wanted = uuid.UUID(repository_id)
+    except ValueError:
+        return None
+    if branch:
+        try:
+            branch = check_ref(branch)
+        except RepositoryUrlError:
+            return None
+    async with autocommit(analyses.engine).connect() as conn:
+        target = await repo.target(conn, repo.badge_targets, wanted)
+    if target is None:
+        return None
+    tenant_id, generation = target
+    expected = badges.badge_token(
+        analyses.webhook_key, tenant_id=tenant_id, repository_id=wanted, generation=generation
+    )
+    if not badges.token_matches(expected, token):
+        return None
+    async with tenant_transaction(analyses.engine, tenant_id) as conn:
+        return await repo.badge_facts(conn, wanted, branch or None)
 
 
 async def list_analyses(

@@ -29,6 +29,9 @@ PUBLIC = {
     ("POST", "/api/v2/tenants"),
     # No token: GitHub signs the delivery with the repository's secret (tests/e2e/test_github.py).
     ("POST", "/api/v2/hooks/github/{repository_id}"),
+    # No token: the repository's badge token in the query; another tenant's repository answers the same grey badge
+    # as an unknown one (tests/e2e/test_badges.py).
+    ("GET", "/api/v2/badges/{repository_id}/{metric}.svg"),
 }
 
 
@@ -81,6 +84,7 @@ ROUTES = [
     Route("POST", "/api/v2/repositories/{a_repository_id}/analyses", {}, addressed=True),
     Route("GET", "/api/v2/repositories/{a_repository_id}/branches", addressed=True),
     Route("POST", "/api/v2/repositories/{a_repository_id}/webhook-secret", addressed=True),
+    Route("POST", "/api/v2/repositories/{a_repository_id}/badge-token", addressed=True),
     Route("GET", "/api/v2/analyses"),
     Route("GET", "/api/v2/analyses/{a_analysis_id}", addressed=True),
     Route("POST", "/api/v2/analyses/{a_analysis_id}/cancel", addressed=True),

@@ -50,7 +50,7 @@ PUBLIC = {"/repolens.auth.v1.AuthService/GetJwks"}
 GATEWAY_ONLY = {
     f"/repolens.auth.v1.AuthService/{name}"
     for name in ("Register", "Login", "RefreshTokens", "Logout", "ExchangeAccessToken")
-} | {"/repolens.analysis.v1.AnalysisService/ReceiveGithubEvent"}
+} | {f"/repolens.analysis.v1.AnalysisService/{name}" for name in ("ReceiveGithubEvent", "GetBadge")}
 ANALYSIS_ONLY = {
     f"/repolens.tenants.v1.TenantsInternalService/{m.name}"
     for m in tenants_pb2.DESCRIPTOR.services_by_name["TenantsInternalService"].methods

@@ -655,12 +655,18 @@ async def test_analysis_queries_use_indexes(plans: Plans, seeded: Seeded, tmp_pa
         "analysis.base_report[default branch]": lambda c: _base_report(c, analysis_id, of_a_pull_request=False),
         "analysis.base_report[pull request]": lambda c: _base_report(c, analysis_id, of_a_pull_request=True),
         "analysis.branches": lambda c: r.branches(c, repository_id, offset=0, limit=51),
-        "analysis.next_hook_generation": lambda c: r.next_hook_generation(
-            c, repository_id=repository_id, tenant_id=seeded.tenant_id
+        "analysis.next_generation[hooks]": lambda c: r.next_generation(
+            c, r.hook_targets, repository_id=repository_id, tenant_id=seeded.tenant_id
         ),
-        "analysis.hook_target": lambda c: r.hook_target(c, repository_id),
-        "analysis.forget_hook_targets": lambda c: r.forget_hook_targets(c, tenant_id=seeded.tenant_id),
-        "analysis.forget_hook_targets[repository]": lambda c: r.forget_hook_targets(
+        "analysis.next_generation[badges]": lambda c: r.next_generation(
+            c, r.badge_targets, repository_id=repository_id, tenant_id=seeded.tenant_id
+        ),
+        "analysis.target[hooks]": lambda c: r.target(c, r.hook_targets, repository_id),
+        "analysis.target[badges]": lambda c: r.target(c, r.badge_targets, repository_id),
+        "analysis.badge_facts": lambda c: r.badge_facts(c, repository_id, None),
+        "analysis.badge_facts[branch]": lambda c: r.badge_facts(c, repository_id, "feature"),
+        "analysis.forget_targets": lambda c: r.forget_targets(c, tenant_id=seeded.tenant_id),
+        "analysis.forget_targets[repository]": lambda c: r.forget_targets(
             c, tenant_id=seeded.tenant_id, repository_id=repository_id
         ),
         "analysis.first_delivery": lambda c: r.first_delivery(c, delivery_id="d-1", repository_id=repository_id),

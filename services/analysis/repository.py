@@ -58,24 +58,23 @@ leases = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     schema=SERVICE_SCHEMA,
 )
-hook_targets = sa.Table(
-    "hook_targets",
-    service_metadata,
-    sa.Column("repository_id", sa.Uuid, primary_key=True),
-    sa.Column("tenant_id", sa.Uuid),
-    sa.Column("generation", sa.Integer),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    schema=SERVICE_SCHEMA,
-)
-badge_targets = sa.Table(
-    "badge_targets",
-    service_metadata,
-    sa.Column("repository_id", sa.Uuid, primary_key=True),
-    sa.Column("tenant_id", sa.Uuid),
-    sa.Column("generation", sa.Integer),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    schema=SERVICE_SCHEMA,
-)
+
+
+def _targets(name: str) -> sa.Table:
+    """Whose a repository is, and the generation in force of one secret derived for it (migrations s0005, s0006)."""
+    return sa.Table(
+        name,
+        service_metadata,
+        sa.Column("repository_id", sa.Uuid, primary_key=True),
+        sa.Column("tenant_id", sa.Uuid),
+        sa.Column("generation", sa.Integer),
+        sa.Column("created_at", sa.DateTime(timezone=True)),
+        schema=SERVICE_SCHEMA,
+    )
+
+
+hook_targets = _targets("hook_targets")  # GitHub webhook secrets
+badge_targets = _targets("badge_targets")  # README badge tokens
 hook_deliveries = sa.Table(
     "hook_deliveries",
     service_metadata,

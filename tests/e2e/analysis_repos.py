@@ -47,3 +47,9 @@ def git_branch(root: Path, branch: str, files: dict[str, str], *, start: str = "
 
 def head_of(root: Path, ref: str = "main") -> str:
     return _git(root, "rev-parse", ref)
+
+
+def complex_function(name: str, branches: int) -> str:
+    """A Python function of cyclomatic complexity `branches` + 1."""
+    body = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(branches))
+    return f"def {name}(x):\n{body}    return -1\n"

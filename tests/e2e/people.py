@@ -104,6 +104,17 @@ def register(client: httpx.Client, username: str | None = None) -> Person:
     return Person(client, username, user["id"], user["personal_tenant_id"]).login()
 
 
+def finished(person: Person, analysis_id: str, timeout_s: float = 90) -> dict[str, Any]:
+    """The analysis once it has ended (succeeded, failed or cancelled), polled every 0.2 s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        analysis = expect(person.get(f"/api/v2/analyses/{analysis_id}"), 200)
+        if analysis["status"] in {"succeeded", "failed", "cancelled"}:
+            return dict(analysis)
+        assert time.monotonic() < deadline, analysis
+        time.sleep(0.2)
+
+
 def ready_for_analysis(person: Person, timeout_s: float = 30.0) -> Person:
     """Waits until the person's tenant exists in the analysis service: it is provisioned by events
     (user.registered, then tenant.created), which a loaded machine can take a few seconds to carry."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,14 @@ import httpx
 import pytest
 
 from libs.devstack.stack import Stack
-from tests.e2e.analysis_repos import git_branch, git_repository
+from tests.e2e.analysis_repos import complex_function, git_branch, git_repository
 from tests.e2e.people import (
     Organisation,
     Person,
     bearer,
     error_code,
     expect,
+    finished,
     organisation,
     ready_for_analysis,
     register,
@@ -28,13 +28,8 @@ from tests.e2e.people import (
 GREEN, RED, GREY = "#4C1", "#E05D44", "#9F9F9F"
 
 
-def _complex(name: str, branches: int) -> str:
-    body = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(branches))
-    return f"def {name}(x):\n{body}    return -1\n"
-
-
 CLEAN = {"app.py": "def add(a, b):\n    return a + b\n\n\ndef double(x):\n    return 2 * x\n"}
-TANGLED = {"app.py": _complex("tangled", 19)}  # complexity 20, over the default threshold of 15: the gate fails
+TANGLED = {"app.py": complex_function("tangled", 19)}  # complexity 20, over the default threshold of 15: the gate fails
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +40,7 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 def _analysed(person: Person, repository_id: str, ref: str = "main") -> None:
     queued = expect(person.post(f"/api/v2/repositories/{repository_id}/analyses", json={"ref": ref}), 202)
-    deadline = time.monotonic() + 90
-    while (analysis := expect(person.get(f"/api/v2/analyses/{queued['id']}"), 200))["status"] not in {
-        "succeeded",
-        "failed",
-    }:
-        assert time.monotonic() < deadline, analysis
-        time.sleep(0.2)
+    analysis = finished(person, queued["id"])
     assert analysis["status"] == "succeeded", analysis
 
 

@@ -12,21 +12,14 @@ import httpx
 import pytest
 
 from libs.devstack.stack import Stack
-from tests.e2e.analysis_repos import git_branch, git_repository, head_of
-from tests.e2e.people import Person, error_code, expect, ready_for_analysis, register
-
-
-def _complex(name: str, branches: int) -> str:
-    """A Python function of cyclomatic complexity `branches` + 1."""
-    body = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(branches))
-    return f"def {name}(x):\n{body}    return -1\n"
-
+from tests.e2e.analysis_repos import complex_function, git_branch, git_repository, head_of
+from tests.e2e.people import Person, error_code, expect, finished, ready_for_analysis, register
 
 # The default branch already has a complex function (complexity 18, over the default 15): its overall gate fails.
-MAIN = {"app.py": _complex("legacy", 17) + "\n\ndef add(a, b):\n    return a + b\n"}
+MAIN = {"app.py": complex_function("legacy", 17) + "\n\ndef add(a, b):\n    return a + b\n"}
 # The branch adds exactly one complex function and one secret (an AWS access key id: high severity).
 FEATURE = {
-    "feature.py": _complex("tangled", 19),
+    "feature.py": complex_function("tangled", 19),
     "config.py": 'AWS_KEY = "' + "AK" + "IA" + "Q3J7HJ2K4M9RZT5W" + '"\n',
 }
 CLEAN = {"helpers.py": "def double(x):\n    return 2 * x\n"}
@@ -38,15 +31,10 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
         yield http
 
 
-def _finished(person: Person, analysis_id: str, timeout_s: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        analysis = expect(person.get(f"/api/v2/analyses/{analysis_id}"), 200)
-        if analysis["status"] in {"succeeded", "failed", "cancelled"}:
-            assert analysis["status"] == "succeeded", analysis
-            return dict(analysis)
-        assert time.monotonic() < deadline, analysis
-        time.sleep(0.2)
+def _finished(person: Person, analysis_id: str) -> dict[str, Any]:
+    analysis = finished(person, analysis_id)
+    assert analysis["status"] == "succeeded", analysis
+    return analysis
 
 
 def _analyse(person: Person, repository_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

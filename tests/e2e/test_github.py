@@ -20,7 +20,7 @@ import pytest
 from libs.devstack.stack import Stack
 from tests.conftest import own_stack
 from tests.e2e.analysis_repos import git_branch, git_repository, head_of
-from tests.e2e.people import Person, error_code, expect, ready_for_analysis, register
+from tests.e2e.people import Person, error_code, expect, finished, ready_for_analysis, register
 from tests.github_standin import GitHubStandIn
 
 GITHUB_TOKEN = "ghp_" + "Zx9" * 12  # the tenant's token, which only the stand-in accepts
@@ -78,16 +78,6 @@ def _pull_request(number: int, head_ref: str, head_sha: str, base_sha: str, acti
     }
 
 
-def _finished(person: Person, analysis_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
-    while True:
-        analysis = expect(person.get(f"/api/v2/analyses/{analysis_id}"), 200)
-        if analysis["status"] in {"succeeded", "failed", "cancelled"}:
-            return dict(analysis)
-        assert time.monotonic() < deadline, analysis
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def project(client: httpx.Client) -> tuple[Person, dict[str, Any], str, Path]:
     person = ready_for_analysis(register(client))
@@ -118,7 +108,7 @@ def test_a_pull_request_queues_one_analysis_and_gets_its_commit_status(
     listed = expect(person.get("/api/v2/analyses", params={"repository_id": repository["id"]}), 200)["items"]
     assert [a["id"] for a in listed] == [analysis_id]
 
-    done = _finished(person, analysis_id)
+    done = finished(person, analysis_id)
     assert done["status"] == "succeeded", done
     assert done["ref"] == "feature"
     assert done["base_ref"] == "main"
@@ -167,7 +157,7 @@ def test_a_push_queues_the_branch_and_other_events_are_ignored(
     push = {"ref": "refs/heads/main", "after": head_of(root, "main"), "repository": repo, "deleted": False}
     queued = deliver(client, repository["id"], "push", *_signed(secret, push))
     assert queued.status_code == 202, queued.text
-    assert _finished(person, queued.json()["analysis_id"])["ref"] == "main"
+    assert finished(person, queued.json()["analysis_id"])["ref"] == "main"
     ignored = {
         "ping": {"zen": "Keep it logically awesome.", "repository": repo},
         "push": {"ref": "refs/tags/v1", "after": head_of(root, "main"), "repository": repo},
@@ -191,7 +181,7 @@ def test_a_new_secret_retires_the_old_one(
     assert deliver(client, repository["id"], "push", *_signed(old, push)).status_code == 401
     accepted = deliver(client, repository["id"], "push", *_signed(new, push))
     assert accepted.status_code == 202, accepted.text
-    _finished(person, accepted.json()["analysis_id"])
+    finished(person, accepted.json()["analysis_id"])
 
 
 def test_another_tenant_cannot_take_a_repositorys_secret(
